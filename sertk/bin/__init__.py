@@ -1,0 +1,1 @@
+"""Stage entry points: ``python -m sertk.bin.<name>`` or ``sertk <name>``."""

@@ -1,0 +1,1 @@
+"""Data directories, audio I/O, datasets and batching, label maps, synthetic corpus."""

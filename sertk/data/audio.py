@@ -1,0 +1,74 @@
+"""Audio reading: soundfile decode, optional segment cut, mono mix, resampling.
+
+The file's own sample rate is always read from the file and the signal is
+resampled (torchaudio) to the rate the caller asks for; nothing assumes 16 kHz.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+
+class AudioError(ValueError):
+    """Unusable audio; the message names the utterance and the file."""
+
+
+@lru_cache(maxsize=32)
+def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
+    return torchaudio.transforms.Resample(orig, new)
+
+
+def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    if orig_sr == target_sr:
+        return wav
+    out = _resampler(orig_sr, target_sr)(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)))
+    return out.numpy()
+
+
+def read_audio(path: str, target_sr: int | None = None, start: float | None = None,
+               end: float | None = None, utt: str | None = None,
+               min_duration: float = 0.0) -> tuple[np.ndarray, int]:
+    """Return (mono float32 waveform, sample rate).
+
+    ``start``/``end`` are seconds (a ``segments`` entry); ``target_sr`` None
+    keeps the file's rate. Raises :class:`AudioError` naming ``utt`` and the path.
+    """
+    who = f"utterance {utt} ({path})" if utt else str(path)
+    try:
+        info = sf.info(path)
+    except Exception as e:  # soundfile raises several types for bad files
+        raise AudioError(f"{who}: cannot read audio: {e}") from e
+    sr = info.samplerate
+    first = int(round(start * sr)) if start is not None else 0
+    last = int(round(end * sr)) if end is not None else -1
+    if start is not None and end is not None and end <= start:
+        raise AudioError(f"{who}: segment end {end} is not after start {start}")
+    try:
+        wav, sr = sf.read(path, start=first, stop=None if last < 0 else last, dtype="float32", always_2d=True)
+    except Exception as e:
+        raise AudioError(f"{who}: cannot decode audio: {e}") from e
+    wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
+    if wav.size == 0:
+        raise AudioError(f"{who}: audio is empty")
+    if not np.all(np.isfinite(wav)):
+        raise AudioError(f"{who}: audio contains NaN or Inf samples")
+    if target_sr is not None and target_sr != sr:
+        wav = resample(wav, sr, target_sr)
+        sr = target_sr
+    if wav.size / sr < min_duration:
+        raise AudioError(f"{who}: audio is {wav.size / sr:.3f}s, shorter than the minimum {min_duration}s")
+    return np.ascontiguousarray(wav, dtype=np.float32), sr
+
+
+def read_utterance(datadir, utt: str, target_sr: int | None = None, min_duration: float = 0.0):
+    path, start, end = datadir.audio_source(utt)
+    return read_audio(path, target_sr, start, end, utt=utt, min_duration=min_duration)
+
+
+def write_audio(path, wav: np.ndarray, sr: int, subtype: str = "PCM_16") -> None:
+    """Write a waveform (float in [-1, 1]) with soundfile; the format follows the suffix."""
+    sf.write(str(path), np.clip(wav, -1.0, 1.0), sr, subtype=subtype)
