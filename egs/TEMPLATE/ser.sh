@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Shared SER stage script (the role of ESPnet's egs2/TEMPLATE/asr1/asr.sh).
+# A recipe's run.sh sets its corpus options and calls this script; every stage
+# is a thin call into the sertk library. A stage whose inputs, options and
+# config are unchanged is skipped ("stage N up to date"); --redo true re-runs.
+set -euo pipefail
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (ser.sh:${BASH_LINENO[0]}) $*" >&2; }
+help_message="Usage: $0 [options]   (run from egs/<corpus>/, usually through its run.sh)
+Stages: 1 data prep+validation | 2 features (eGeMAPS, concept tokens) | 3 SER training (SELM + baselines)
+        4 SER evaluation | 5 ICL meta-training | 6 ICL evaluation | 7 teacher + distillation
+        8 export + student evaluation | 9 ZS-Fuse | 10 concept tokens with generative ALMs | 11 report"
+
+# ---- options ----
+stage=1                   # first stage to run
+stop_stage=11             # last stage to run
+corpus=                   # corpus name (recorded in every result's protocol id)
+prepare_cmd=              # stage 1 command that writes data dirs under \$data
+protocols=conf/protocols.yaml  # train/dev/test sets (and folds) of each protocol
+data=data                 # data dirs
+dump=dump                 # features and caches
+exp=exp                   # experiments and results
+nj=2                      # parallel parts for data-parallel stages
+backend=local             # job backend: local or slurm
+slurm_opts=               # extra sbatch options for --backend slurm
+sample_rate=16000         # rate audio is resampled to for features and models
+token_scope=global        # concept-token thresholds: global or speaker
+ser_configs=              # stage 3-4 model configs (SELM and baselines)
+icl_configs=              # stage 5-6 configs
+distill_configs=          # stage 7-8 configs (teacher, students)
+zsfuse_configs=           # stage 9 configs
+token_configs=            # stage 10 configs
+overrides=                # config overrides for stages 3-10, e.g. "train.epochs=2 train.lr=1e-4"
+redo=false                # true: run selected stages even when up to date
+python=python3            # python interpreter with sertk installed
+# ---- end options ----
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+. "$root/utils/parse_options.sh"
+
+sertk() { "$python" -m sertk.cli "$@"; }
+set_args=()
+for o in $overrides; do set_args+=(--set "$o"); done
+
+# run_stage NUM NAME "INPUTS" "OUTPUTS" -- CMD...: skip when up to date.
+run_stage() {
+  local num=$1 name=$2 inputs=$3 outputs=$4; shift 5
+  # shellcheck disable=SC2086
+  sertk stage --num "$num" --name "$name" --exp "$exp" --inputs $inputs --outputs $outputs \
+    --options "corpus=$corpus sample_rate=$sample_rate token_scope=$token_scope overrides=$overrides" \
+    --redo "$redo" -- "$@"
+}
+sets() { sertk protocols --protocols "$protocols" --list-sets; }
+
+if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+  log "stage 1: data preparation and validation"
+  [ -n "$prepare_cmd" ] || { log "set --prepare-cmd in run.sh"; exit 1; }
+  # shellcheck disable=SC2086
+  run_stage 1 data "conf local $protocols" "$data" -- bash -c "$prepare_cmd"
+  sertk protocols --protocols "$protocols" --data "$data" --validate
+fi
+
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  log "stage 2: eGeMAPS functionals and concept tokens"
+  for s in $(sets); do
+    run_stage 2 "egemaps_$s" "$data/$s" "$dump/egemaps/$s/feats.scp" -- \
+      "$python" -m sertk.bin.extract_egemaps_jobs --data "$data/$s" --out "$dump/egemaps/$s" \
+        --nj "$nj" --backend "$backend" --slurm-opts "$slurm_opts" --sample-rate "$sample_rate"
+  done
+  run_stage 2 tokens "$protocols $dump/egemaps" "$dump/tokens" -- \
+    "$python" -m sertk.bin.protocol_tokens --protocols "$protocols" --data "$data" \
+      --feats "$dump/egemaps" --out "$dump/tokens" --scope "$token_scope"
+fi
+
+# run_configs STAGE NAME ACTION CONFIGS: train or evaluate each config on every protocol.
+run_configs() {
+  local num=$1 action=$2 configs=$3 c tag
+  for c in $configs; do
+    tag=$(basename "$c" .yaml)
+    run_stage "$num" "${action}_${tag}" "$c $protocols $data $dump/egemaps" "$exp/$tag" -- \
+      "$python" -m sertk.bin.$action --config "$c" --protocols "$protocols" --data "$data" \
+        --dump "$dump" --exp "$exp/$tag" --corpus "$corpus" --sample-rate "$sample_rate" --stage "$num" "${set_args[@]+"${set_args[@]}"}"
+  done
+}
+
+for pair in "3 train ser_configs" "4 evaluate ser_configs" "5 train icl_configs" "6 evaluate icl_configs" \
+            "7 train distill_configs" "8 evaluate distill_configs" "9 evaluate zsfuse_configs" \
+            "10 evaluate token_configs"; do
+  read -r num action var <<< "$pair"
+  if [ "$stage" -le "$num" ] && [ "$stop_stage" -ge "$num" ]; then
+    if [ -z "${!var}" ]; then
+      log "stage $num: no --${var//_/-} set for this recipe, nothing to do"
+    else
+      log "stage $num: $action ${!var}"
+      run_configs "$num" "$action" "${!var}"
+    fi
+  fi
+done
+
+if [ "$stage" -le 11 ] && [ "$stop_stage" -ge 11 ]; then
+  log "stage 11: report"
+  sertk report --exp "$exp" --out "$exp/RESULTS.md" --title "sertk results: ${corpus}"
+fi
+log "done (stages $stage-$stop_stage)"

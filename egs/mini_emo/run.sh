@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# mini_emo: sertk's embedded synthetic SER corpus. Runs every implemented
+# stage on 2 CPU cores in minutes, with no download and no GPU.
+#   ./run.sh                      # all stages
+#   ./run.sh --stage 3 --stop-stage 4
+#   ./run.sh --help               # every option with its current value
+set -euo pipefail
+cd "$(dirname "$0")"
+
+../TEMPLATE/ser.sh \
+  --corpus mini_emo \
+  --prepare-cmd "python3 -m sertk.bin.make_synth_corpus --config conf/synth.yaml --out-audio downloads/audio --out-data data" \
+  --protocols conf/protocols.yaml \
+  --ser-configs "conf/egemaps_lr.yaml conf/egemaps_lr_spknorm.yaml conf/classifier.yaml" \
+  --distill-configs "conf/regressor.yaml" \
+  "$@"

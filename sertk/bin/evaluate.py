@@ -1,0 +1,12 @@
+"""Evaluate one trained config on every test set of every protocol split (stages 4, 6, 8-10)."""
+import sys
+
+from sertk.tasks.runner import run
+
+
+def main(argv=None) -> int:
+    return run("evaluate", argv, __doc__, "sertk.bin.evaluate")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Evaluation protocols: which data dirs train, select (dev) and test a model.
+
+A recipe's ``conf/protocols.yaml`` names them; every result records the
+protocol id and a digest of the exact utterance lists it used, so two figures
+can be compared only when they were computed on the same split::
+
+    corpus: mini_emo
+    label_map: labels.yaml             # relative to this file
+    protocols:
+      studio:                        # train on one domain, test in and out of it
+        scheme: speaker-independent
+        train: studio_train
+        dev: studio_dev
+        test: [studio_test, phone_test]
+      loso:                          # folds: one entry per fold
+        scheme: leave-one-session-out
+        folds:
+          - {train: fold1_train, dev: fold1_dev, test: [fold1_test]}
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sertk.common.config import ConfigError, load_yaml
+from sertk.data.datadir import byte_sorted
+
+
+@dataclass
+class Split:
+    """One train/dev/test assignment (a protocol, or one fold of it)."""
+
+    corpus: str
+    protocol: str
+    scheme: str
+    train: str
+    dev: str | None
+    tests: list[str]
+    label_map: str | None
+    fold: int | None = None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str:
+        """Directory name under an experiment: ``studio`` or ``loso/fold3``."""
+        return self.protocol if self.fold is None else f"{self.protocol}/fold{self.fold}"
+
+    def record(self, test: str, data_root: str | Path) -> dict:
+        """The protocol dict stored with every result (see sertk.eval.results)."""
+        return {
+            "corpus": self.corpus,
+            "protocol": self.protocol,
+            "fold": self.fold,
+            "scheme": self.scheme,
+            "train": self.train,
+            "dev": self.dev,
+            "test": test,
+            "label_map": Path(self.label_map).stem if self.label_map else "none",
+            "hash": split_digest(data_root, [self.train, self.dev, test]),
+        }
+
+
+def split_digest(data_root: str | Path, sets: list[str | None]) -> str:
+    """Digest of the utterance and speaker lists of the given data dirs."""
+    h = hashlib.sha256()
+    for s in sets:
+        if s is None:
+            continue
+        f = Path(data_root) / s / "utt2spk"
+        h.update(s.encode())
+        h.update(f.read_bytes() if f.exists() else b"missing")
+    return h.hexdigest()[:12]
+
+
+def _as_list(value) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def load_protocols(path: str | Path, only: list[str] | None = None) -> list[Split]:
+    cfg = load_yaml(path)
+    corpus = cfg.get("corpus")
+    if not corpus:
+        raise ConfigError(f"{path}: missing 'corpus'")
+    protos = cfg.get("protocols")
+    if not isinstance(protos, dict) or not protos:
+        raise ConfigError(f"{path}: 'protocols' must map protocol names to their sets")
+    base = Path(path).resolve().parent
+
+    def resolve(p):  # relative paths in the file are relative to the file
+        return str(base / p) if p else None
+
+    label_map = resolve(cfg.get("label_map"))
+    out: list[Split] = []
+    for name, spec in protos.items():
+        if only and name not in only:
+            continue
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: protocol {name!r} must be a mapping")
+        scheme = spec.get("scheme", "unspecified")
+        folds = spec.get("folds")
+        entries = folds if folds is not None else [spec]
+        for k, entry in enumerate(entries, 1):
+            where = f"{path}: protocol {name!r}" + (f" fold {k}" if folds is not None else "")
+            if "train" not in entry or not _as_list(entry.get("test")):
+                raise ConfigError(f"{where}: needs 'train' and at least one 'test' set")
+            out.append(Split(
+                corpus=corpus, protocol=name, scheme=scheme, train=entry["train"], dev=entry.get("dev"),
+                tests=_as_list(entry.get("test")), label_map=resolve(spec["label_map"]) if spec.get("label_map") else label_map,
+                fold=k if folds is not None else None,
+                options={k2: v for k2, v in spec.items() if k2 not in ("train", "dev", "test", "folds", "scheme")},
+            ))
+    if only and not out:
+        raise ConfigError(f"{path}: none of the protocols {only} exist")
+    return out
+
+
+def all_sets(splits: list[Split]) -> list[str]:
+    names = set()
+    for s in splits:
+        names.update([s.train, *s.tests] + ([s.dev] if s.dev else []))
+    return byte_sorted(names)

@@ -1,0 +1,1 @@
+"""Models: speech encoders, pooling and heads, SELM, ICL speech-LM, students, ALMs."""

@@ -1,0 +1,102 @@
+"""Speech foundation-model encoders (Wav2Vec2, WavLM, HuBERT) from one spec.
+
+The same code path loads a hub checkpoint in a real recipe
+(``name_or_path: microsoft/wavlm-large``, optional ``revision``) and builds a
+small model from a local config in mini_emo and tests
+(``type: wav2vec2, config: {hidden_size: 64, ...}``). Remote code is never run.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel
+
+
+def build_encoder(spec: dict) -> nn.Module:
+    """Return a transformers audio encoder described by ``spec``."""
+    if spec.get("name_or_path"):
+        return AutoModel.from_pretrained(
+            spec["name_or_path"], revision=spec.get("revision"), trust_remote_code=False,
+            **spec.get("kwargs", {}))
+    model_type = spec.get("type")
+    if not model_type:
+        raise ValueError("encoder spec needs 'name_or_path' (a checkpoint) or 'type' + 'config' (a local model)")
+    config = AutoConfig.for_model(model_type, **spec.get("config", {}))
+    return AutoModel.from_config(config)
+
+
+def frame_lengths(encoder: nn.Module, sample_lengths: torch.Tensor) -> torch.Tensor:
+    """Number of encoder frames produced for each waveform length."""
+    return encoder._get_feat_extract_output_lengths(sample_lengths).long()
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def normalize_waveform(wav: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Zero-mean, unit-variance per utterance over its real samples (padding stays 0).
+
+    This is what Wav2Vec2FeatureExtractor(do_normalize=True) does, done on the
+    tensor so batched and single-utterance inputs give the same result.
+    """
+    mask = lengths_to_mask(lengths, wav.shape[1]).to(wav.dtype)
+    n = mask.sum(1, keepdim=True).clamp(min=1)
+    mean = (wav * mask).sum(1, keepdim=True) / n
+    var = (((wav - mean) * mask) ** 2).sum(1, keepdim=True) / n
+    return (wav - mean) / torch.sqrt(var + eps) * mask
+
+
+class LayerSelector(nn.Module):
+    """Picks the hidden states of one layer, or a learned softmax-weighted sum (SUPERB)."""
+
+    def __init__(self, num_layers: int, layer: int | str = "last"):
+        super().__init__()
+        self.layer = layer
+        self.weights = nn.Parameter(torch.zeros(num_layers)) if layer == "weighted" else None
+
+    def forward(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if self.layer == "last":
+            return hidden_states[-1]
+        if self.layer == "weighted":
+            stacked = torch.stack(hidden_states, 0)
+            w = torch.softmax(self.weights, 0).view(-1, 1, 1, 1)
+            return (w * stacked).sum(0)
+        return hidden_states[int(self.layer)]
+
+
+class SpeechEncoder(nn.Module):
+    """Waveform -> frame features of a chosen layer, with frame lengths.
+
+    ``freeze: true`` keeps every encoder weight fixed (and in eval mode) so
+    that its features can be cached and the weights stay bit-identical.
+    """
+
+    def __init__(self, spec: dict):
+        super().__init__()
+        self.model = build_encoder(spec)
+        self.normalize = spec.get("normalize", True)
+        self.frozen = spec.get("freeze", False)
+        n_layers = self.model.config.num_hidden_layers + 1  # + the CNN/embedding output
+        self.selector = LayerSelector(n_layers, spec.get("layer", "last"))
+        self.hidden_size = self.model.config.hidden_size
+        if self.frozen:
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+        elif spec.get("freeze_feature_encoder", True) and hasattr(self.model, "freeze_feature_encoder"):
+            self.model.freeze_feature_encoder()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.normalize:
+            wav = normalize_waveform(wav, lengths)
+        mask = lengths_to_mask(lengths, wav.shape[1]).long()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            out = self.model(wav, attention_mask=mask, output_hidden_states=True)
+        feats = self.selector(out.hidden_states)
+        return feats, frame_lengths(self.model, lengths).clamp(max=feats.shape[1])

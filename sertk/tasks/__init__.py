@@ -1,0 +1,38 @@
+"""Tasks: the glue that trains and evaluates one kind of model on one protocol split.
+
+Each task module exposes ``train(cfg, split, ctx)`` and ``evaluate(cfg, split, ctx)``;
+a config's ``task:`` key names the module. ``sertk train`` / ``sertk evaluate``
+loop over the protocol splits and call them.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+TASKS = {
+    "classifier": "sertk.tasks.speech_classifier",
+    "regressor": "sertk.tasks.speech_classifier",
+    "egemaps_linear": "sertk.tasks.egemaps_linear",
+}
+
+
+@dataclass
+class TaskContext:
+    """Where a task reads and writes, and what it records in its results."""
+
+    data: Path          # root of the data dirs
+    dump: Path          # features and caches
+    expdir: Path        # this config's experiment dir for this split
+    name: str           # result name (config file stem)
+    stage: int          # recipe stage number recorded in results
+    sample_rate: int = 16000
+
+    def datadir(self, name: str) -> Path:
+        return self.data / name
+
+
+def get_task(name: str):
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
+    return importlib.import_module(TASKS[name])

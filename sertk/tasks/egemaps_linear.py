@@ -1,0 +1,111 @@
+"""eGeMAPS functionals + linear models (scikit-learn): the feature baseline.
+
+Logistic regression for the categorical labels and ridge regression for
+A/V/D when the data has them. ``model.speaker_norm: true`` z-normalises each
+speaker's features with that speaker's own statistics (test speakers use their
+own unlabelled utterances), the classic per-speaker normalisation.
+The fitted model is saved as plain arrays (npz), never pickled.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.preprocessing import StandardScaler
+
+from sertk.common.fileio import atomic_path, write_text_atomic
+from sertk.common.protocol import Split
+from sertk.data.datadir import DataDir
+from sertk.data.labels import LabelMap
+from sertk.eval.metrics import bootstrap_ci, classification_metrics, regression_metrics
+from sertk.eval.results import write_result
+from sertk.features.store import feats_matrix
+from sertk.tasks import TaskContext
+
+log = logging.getLogger(__name__)
+AVD_NAMES = ["arousal", "valence", "dominance"]
+
+
+def speaker_normalize(x: np.ndarray, speakers: list[str]) -> np.ndarray:
+    """z-normalise features per speaker (speakers with one utterance are only centred)."""
+    out = np.empty_like(x)
+    spk = np.asarray(speakers)
+    for s in np.unique(spk):
+        idx = spk == s
+        mu = x[idx].mean(0)
+        sd = x[idx].std(0) if idx.sum() > 1 else np.ones(x.shape[1])
+        out[idx] = (x[idx] - mu) / np.where(sd > 1e-8, sd, 1.0)
+    return out
+
+
+def load_set(ctx: TaskContext, set_name: str, speaker_norm: bool):
+    d = DataDir.read(ctx.datadir(set_name))
+    utts = d.utts
+    x = feats_matrix(ctx.dump / "egemaps" / set_name / "feats.scp", utts).astype(np.float64)
+    if speaker_norm:
+        x = speaker_normalize(x, [d.utt2spk[u] for u in utts])
+    return d, utts, x
+
+
+def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
+    m = cfg.get("model", {})
+    labels = LabelMap.load(cfg.get("label_map") or split.label_map)
+    d, utts, x = load_set(ctx, split.train, m.get("speaker_norm", False))
+    scaler = StandardScaler().fit(x)
+    xs = scaler.transform(x)
+    y = np.array([labels.index(labels.canonical(d.utt2emo[u])) for u in utts])
+    clf = LogisticRegression(C=m.get("C", 1.0), max_iter=m.get("max_iter", 5000),
+                             class_weight=m.get("class_weight", "balanced")).fit(xs, y)
+    arrays = {"mean": scaler.mean_, "scale": scaler.scale_, "classes": clf.classes_,
+              "coef": clf.coef_, "intercept": clf.intercept_}
+    if d.has("utt2avd") and m.get("regression", True):
+        avd = np.array([d.utt2avd[u] for u in utts])
+        ridge = Ridge(alpha=m.get("ridge_alpha", 10.0)).fit(xs, avd)
+        arrays.update(ridge_coef=ridge.coef_, ridge_intercept=ridge.intercept_)
+    ctx.expdir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(ctx.expdir / "model.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, labels=np.array(labels.labels), **arrays)
+    write_text_atomic(ctx.expdir / "model.yaml", f"task: egemaps_linear\nspeaker_norm: {bool(m.get('speaker_norm', False))}\n")
+    train_acc = float((clf.predict(xs) == y).mean())
+    log.info("%s %s: trained on %d utterances, train accuracy %.3f", ctx.name, split.tag, len(y), train_acc)
+
+
+def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
+    m = cfg.get("model", {})
+    labels = LabelMap.load(cfg.get("label_map") or split.label_map)
+    z = np.load(ctx.expdir / "model.npz")
+    written = []
+    for test in split.tests:
+        d, utts, x = load_set(ctx, test, m.get("speaker_norm", False))
+        xs = (x - z["mean"]) / z["scale"]
+        logits = xs @ z["coef"].T + z["intercept"]
+        if logits.shape[1] == 1:  # binary logistic regression has one column
+            logits = np.concatenate([-logits, logits], 1)
+        pred_idx = z["classes"][logits.argmax(1)]
+        pred = [labels.labels[i] for i in pred_idx]
+        gold = [labels.canonical(d.utt2emo[u]) for u in utts]
+        metrics = classification_metrics(gold, pred, labels.labels)
+        metrics["uar_ci"] = list(bootstrap_ci(
+            gold, pred, lambda t, p: classification_metrics(t, p, labels.labels)["uar"],
+            n_boot=cfg.get("eval", {}).get("bootstrap", 1000)))
+        outdir = ctx.expdir / "eval" / test
+        protocol = split.record(test, ctx.data)
+        write_text_atomic(outdir / "predictions.txt", "".join(f"{u} {p}\n" for u, p in zip(utts, pred)))
+        path = outdir / "results.json"
+        write_result(path, stage=ctx.stage, name=ctx.name, task="classification", protocol=protocol,
+                     metrics=metrics, labels=labels.labels, confusion=metrics["confusion"],
+                     extra={"fold": split.fold})
+        written.append(path)
+        if "ridge_coef" in z.files and d.has("utt2avd"):
+            avd_pred = xs @ z["ridge_coef"].T + z["ridge_intercept"]
+            gold_avd = np.array([d.utt2avd[u] for u in utts])
+            rpath = outdir / "avd" / "results.json"
+            write_result(rpath, stage=ctx.stage, name=f"{ctx.name}_ridge", task="regression",
+                         protocol=protocol, metrics=regression_metrics(avd_pred, gold_avd, AVD_NAMES),
+                         extra={"fold": split.fold})
+            written.append(rpath)
+        log.info("%s %s -> %s: UAR %.4f WA %.4f", ctx.name, split.tag, test, metrics["uar"], metrics["wa"])
+    return written

@@ -1,0 +1,161 @@
+"""Speech-encoder baseline: categorical classifier (task: classifier) or A/V/D
+regressor (task: regressor), trained end to end with the sertk trainer.
+
+Writes into the split's experiment dir: ``model.yaml`` (everything needed to
+rebuild the model), ``best.safetensors`` (trainer), and per test set
+``eval/<set>/{results.json,predictions.txt,scores.txt}``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from sertk.common.fileio import write_text_atomic
+from sertk.common.protocol import Split
+from sertk.data.dataset import AudioDataset, collate_audio
+from sertk.data.labels import LabelMap
+from sertk.eval.metrics import bootstrap_ci, classification_metrics, regression_metrics
+from sertk.eval.results import write_result
+from sertk.models.classifier import SpeechClassifier
+from sertk.tasks import TaskContext
+from sertk.train.losses import ccc_loss
+from sertk.train.trainer import Trainer, TrainConfig
+
+log = logging.getLogger(__name__)
+AVD_NAMES = ["arousal", "valence", "dominance"]
+
+
+def _is_regression(cfg: dict) -> bool:
+    return cfg.get("task") == "regressor"
+
+
+def _labels(cfg: dict, split: Split, ctx: TaskContext) -> LabelMap | None:
+    if _is_regression(cfg):
+        return None
+    path = cfg.get("label_map") or split.label_map
+    if not path:
+        raise ValueError("classifier needs a label map (protocols.yaml 'label_map' or config 'label_map')")
+    return LabelMap.load(path)
+
+
+def build_model(cfg: dict, num_outputs: int) -> SpeechClassifier:
+    m = cfg["model"]
+    return SpeechClassifier(m["encoder"], num_outputs, pooling=m.get("pooling", "mean"),
+                            head_hidden=m.get("head_hidden"), dropout=m.get("dropout", 0.1))
+
+
+def _dataset(cfg: dict, ctx: TaskContext, set_name: str, labels: LabelMap | None, train: bool) -> AudioDataset:
+    d = cfg.get("data", {})
+    return AudioDataset(ctx.datadir(set_name), sample_rate=ctx.sample_rate, label_map=labels,
+                        targets=("avd",) if labels is None else ("emo",),
+                        max_duration=d.get("max_duration"), random_crop=train and d.get("random_crop", False))
+
+
+def _forward(model, batch):
+    return model(batch["wav"], batch["lengths"])
+
+
+def _predict(model, loader) -> tuple[list[str], np.ndarray]:
+    model.eval()
+    utts, outs = [], []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for batch in loader:
+            outs.append(model(batch["wav"].to(device), batch["lengths"].to(device)).float().cpu())
+            utts.extend(batch["utts"])
+    return utts, torch.cat(outs).numpy()
+
+
+def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
+    labels = _labels(cfg, split, ctx)
+    regression = labels is None
+    model = build_model(cfg, 3 if regression else labels.num_classes)
+    train_set = _dataset(cfg, ctx, split.train, labels, train=True)
+    dev_set = _dataset(cfg, ctx, split.dev or split.train, labels, train=False)
+    if not split.dev:
+        log.warning("protocol %s has no dev set: selecting the checkpoint on the training data", split.tag)
+
+    def compute_loss(m, batch):
+        out = _forward(m, batch)
+        if regression:
+            return ccc_loss(out, batch["avd"])
+        return torch.nn.functional.cross_entropy(out, batch["labels"])
+
+    def evaluate(m, loader):
+        utts, out = _predict(m, loader)
+        if regression:
+            gold = np.array([dev_set.avd_of(u) for u in utts])
+            r = regression_metrics(out, gold, AVD_NAMES)
+            return {"ccc_mean": r["ccc_mean"], **{f"ccc_{k}": v for k, v in r["ccc"].items()}}
+        gold = [dev_set.label_of(u) for u in utts]
+        pred = [labels.labels[i] for i in out.argmax(1)]
+        r = classification_metrics(gold, pred, labels.labels)
+        return {"uar": r["uar"], "wa": r["wa"], "macro_f1": r["macro_f1"]}
+
+    tcfg = dict(cfg.get("train", {}))
+    tcfg.setdefault("select_metric", "ccc_mean" if regression else "uar")
+    tcfg.setdefault("select_mode", "max")
+    trainer = Trainer(model, train_set, dev_set, collate_audio, compute_loss, evaluate,
+                      TrainConfig.from_dict(tcfg), ctx.expdir)
+    summary = trainer.fit(resume=True)
+    info = {"task": cfg["task"], "model": cfg["model"], "sample_rate": ctx.sample_rate,
+            "labels": None if regression else labels.labels,
+            "outputs": AVD_NAMES if regression else None,
+            "best_epoch": summary.get("best_epoch"), "best_dev": summary.get("best_metrics")}
+    write_text_atomic(ctx.expdir / "model.yaml", yaml.safe_dump(info, sort_keys=False))
+
+
+def load_trained(expdir: Path) -> tuple[SpeechClassifier, dict]:
+    """Rebuild a trained model from its experiment dir (model.yaml + best.safetensors)."""
+    info = yaml.safe_load((expdir / "model.yaml").read_text())
+    n = 3 if info["task"] == "regressor" else len(info["labels"])
+    model = build_model({"model": info["model"]}, n)
+    model.load_state_dict(load_file(str(expdir / "best.safetensors")))
+    model.eval()
+    return model, info
+
+
+def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
+    model, info = load_trained(ctx.expdir)
+    labels = _labels(cfg, split, ctx)
+    written = []
+    for test in split.tests:
+        ds = _dataset(cfg, ctx, test, labels, train=False)
+        loader = DataLoader(ds, batch_size=cfg.get("eval", {}).get("batch_size", 16), collate_fn=collate_audio)
+        utts, out = _predict(model, loader)
+        outdir = ctx.expdir / "eval" / test
+        protocol = split.record(test, ctx.data)
+        extra = {"fold": split.fold, "model_dir": str(ctx.expdir), "best_dev": info.get("best_dev")}
+        if labels is None:
+            gold = np.array([ds.avd_of(u) for u in utts])
+            metrics = regression_metrics(out, gold, AVD_NAMES)
+            write_text_atomic(outdir / "predictions.txt",
+                              "".join(f"{u} {' '.join(f'{v:.5f}' for v in row)}\n" for u, row in zip(utts, out)))
+            path = outdir / "results.json"
+            write_result(path, stage=ctx.stage, name=ctx.name, task="regression", protocol=protocol,
+                         metrics=metrics, extra=extra)
+        else:
+            gold = [ds.label_of(u) for u in utts]
+            pred = [labels.labels[i] for i in out.argmax(1)]
+            metrics = classification_metrics(gold, pred, labels.labels)
+            n_boot = cfg.get("eval", {}).get("bootstrap", 1000)
+            if n_boot:
+                metrics["uar_ci"] = list(bootstrap_ci(
+                    gold, pred, lambda t, p: classification_metrics(t, p, labels.labels)["uar"], n_boot=n_boot))
+            probs = torch.softmax(torch.from_numpy(out), 1).numpy()
+            write_text_atomic(outdir / "predictions.txt", "".join(f"{u} {p}\n" for u, p in zip(utts, pred)))
+            write_text_atomic(outdir / "scores.txt", "# utt " + " ".join(labels.labels) + "\n" + "".join(
+                f"{u} {' '.join(f'{v:.5f}' for v in row)}\n" for u, row in zip(utts, probs)))
+            path = outdir / "results.json"
+            write_result(path, stage=ctx.stage, name=ctx.name, task="classification", protocol=protocol,
+                         metrics=metrics, labels=labels.labels, confusion=metrics["confusion"], extra=extra)
+        log.info("%s %s -> %s: %s", ctx.name, split.tag, test,
+                 {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+        written.append(path)
+    return written
