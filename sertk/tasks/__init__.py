@@ -36,3 +36,21 @@ def get_task(name: str):
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
     return importlib.import_module(TASKS[name])
+
+
+def check_config(cfg: dict, where: str = "config") -> None:
+    """Dry-run a task config: every key known, models buildable, no weights loaded.
+
+    Raises ValueError naming ``where`` and the offending key. Used by the test
+    that dry-runs every config under egs/, so a broken config fails CI.
+    """
+    if "task" not in cfg:
+        raise ValueError(f"{where}: missing 'task' (one of {', '.join(sorted(TASKS))})")
+    task = get_task(cfg["task"])
+    task.check_config(cfg, where)
+
+
+def reject_unknown(section: dict, allowed: set[str], where: str) -> None:
+    unknown = set(section) - allowed
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")

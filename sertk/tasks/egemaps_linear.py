@@ -22,7 +22,7 @@ from sertk.data.labels import LabelMap
 from sertk.eval.metrics import bootstrap_ci, classification_metrics, regression_metrics
 from sertk.eval.results import write_result
 from sertk.features.store import feats_matrix
-from sertk.tasks import TaskContext
+from sertk.tasks import TaskContext, reject_unknown
 
 log = logging.getLogger(__name__)
 AVD_NAMES = ["arousal", "valence", "dominance"]
@@ -47,6 +47,13 @@ def load_set(ctx: TaskContext, set_name: str, speaker_norm: bool):
     if speaker_norm:
         x = speaker_normalize(x, [d.utt2spk[u] for u in utts])
     return d, utts, x
+
+
+def check_config(cfg: dict, where: str) -> None:
+    reject_unknown(cfg, {"task", "model", "eval", "label_map", "baseline"}, where)
+    reject_unknown(cfg.get("model") or {}, {"C", "max_iter", "class_weight", "speaker_norm", "regression",
+                                            "ridge_alpha"}, f"{where}: model")
+    reject_unknown(cfg.get("eval") or {}, {"bootstrap"}, f"{where}: eval")
 
 
 def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
@@ -89,15 +96,14 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         gold = [labels.canonical(d.utt2emo[u]) for u in utts]
         metrics = classification_metrics(gold, pred, labels.labels)
         metrics["uar_ci"] = list(bootstrap_ci(
-            gold, pred, lambda t, p: classification_metrics(t, p, labels.labels)["uar"],
-            n_boot=cfg.get("eval", {}).get("bootstrap", 1000)))
+            gold, pred, "uar", n_boot=cfg.get("eval", {}).get("bootstrap", 1000)))
         outdir = ctx.expdir / "eval" / test
         protocol = split.record(test, ctx.data)
         write_text_atomic(outdir / "predictions.txt", "".join(f"{u} {p}\n" for u, p in zip(utts, pred)))
         path = outdir / "results.json"
         write_result(path, stage=ctx.stage, name=ctx.name, task="classification", protocol=protocol,
                      metrics=metrics, labels=labels.labels, confusion=metrics["confusion"],
-                     extra={"fold": split.fold})
+                     extra={"fold": split.fold, "baseline": bool(cfg.get("baseline"))})
         written.append(path)
         if "ridge_coef" in z.files and d.has("utt2avd"):
             avd_pred = xs @ z["ridge_coef"].T + z["ridge_intercept"]
@@ -105,7 +111,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
             rpath = outdir / "avd" / "results.json"
             write_result(rpath, stage=ctx.stage, name=f"{ctx.name}_ridge", task="regression",
                          protocol=protocol, metrics=regression_metrics(avd_pred, gold_avd, AVD_NAMES),
-                         extra={"fold": split.fold})
+                         extra={"fold": split.fold, "baseline": bool(cfg.get("baseline"))})
             written.append(rpath)
         log.info("%s %s -> %s: UAR %.4f WA %.4f", ctx.name, split.tag, test, metrics["uar"], metrics["wa"])
     return written

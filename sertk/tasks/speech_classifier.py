@@ -23,7 +23,7 @@ from sertk.data.labels import LabelMap
 from sertk.eval.metrics import bootstrap_ci, classification_metrics, regression_metrics
 from sertk.eval.results import write_result
 from sertk.models.classifier import SpeechClassifier
-from sertk.tasks import TaskContext
+from sertk.tasks import TaskContext, reject_unknown
 from sertk.train.losses import ccc_loss
 from sertk.train.trainer import Trainer, TrainConfig
 
@@ -72,6 +72,20 @@ def _predict(model, loader) -> tuple[list[str], np.ndarray]:
     return utts, torch.cat(outs).numpy()
 
 
+def check_config(cfg: dict, where: str) -> None:
+    reject_unknown(cfg, {"task", "model", "data", "train", "eval", "label_map", "baseline"}, where)
+    model = cfg.get("model") or {}
+    reject_unknown(model, {"encoder", "pooling", "head_hidden", "dropout"}, f"{where}: model")
+    enc = model.get("encoder") or {}
+    reject_unknown(enc, {"name_or_path", "revision", "kwargs", "type", "config", "layer", "freeze",
+                         "freeze_feature_encoder", "normalize"}, f"{where}: model.encoder")
+    reject_unknown(cfg.get("data") or {}, {"max_duration", "random_crop"}, f"{where}: data")
+    reject_unknown(cfg.get("eval") or {}, {"batch_size", "bootstrap"}, f"{where}: eval")
+    TrainConfig.from_dict(dict(cfg.get("train") or {}))
+    if not enc.get("name_or_path"):  # local configs are built for real; hub ones are not fetched
+        build_model(cfg, 3)
+
+
 def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     labels = _labels(cfg, split, ctx)
     regression = labels is None
@@ -90,10 +104,10 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     def evaluate(m, loader):
         utts, out = _predict(m, loader)
         if regression:
-            gold = np.array([dev_set.avd_of(u) for u in utts])
+            gold = np.array([dev_set.datadir.utt2avd[u] for u in utts])
             r = regression_metrics(out, gold, AVD_NAMES)
             return {"ccc_mean": r["ccc_mean"], **{f"ccc_{k}": v for k, v in r["ccc"].items()}}
-        gold = [dev_set.label_of(u) for u in utts]
+        gold = [labels.canonical(dev_set.datadir.utt2emo[u]) for u in utts]
         pred = [labels.labels[i] for i in out.argmax(1)]
         r = classification_metrics(gold, pred, labels.labels)
         return {"uar": r["uar"], "wa": r["wa"], "macro_f1": r["macro_f1"]}
@@ -131,23 +145,26 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         utts, out = _predict(model, loader)
         outdir = ctx.expdir / "eval" / test
         protocol = split.record(test, ctx.data)
-        extra = {"fold": split.fold, "model_dir": str(ctx.expdir), "best_dev": info.get("best_dev")}
+        extra = {"fold": split.fold, "baseline": bool(cfg.get("baseline")), "model_dir": str(ctx.expdir),
+                 "best_dev": info.get("best_dev")}
         if labels is None:
-            gold = np.array([ds.avd_of(u) for u in utts])
+            gold = np.array([ds.datadir.utt2avd[u] for u in utts])
             metrics = regression_metrics(out, gold, AVD_NAMES)
+            metrics["ccc_mean_ci"] = list(bootstrap_ci(gold, out, "ccc_mean",
+                                                       n_boot=cfg.get("eval", {}).get("bootstrap", 1000)))
             write_text_atomic(outdir / "predictions.txt",
                               "".join(f"{u} {' '.join(f'{v:.5f}' for v in row)}\n" for u, row in zip(utts, out)))
             path = outdir / "results.json"
             write_result(path, stage=ctx.stage, name=ctx.name, task="regression", protocol=protocol,
                          metrics=metrics, extra=extra)
         else:
-            gold = [ds.label_of(u) for u in utts]
+            gold = [labels.canonical(ds.datadir.utt2emo[u]) for u in utts]
             pred = [labels.labels[i] for i in out.argmax(1)]
             metrics = classification_metrics(gold, pred, labels.labels)
             n_boot = cfg.get("eval", {}).get("bootstrap", 1000)
             if n_boot:
                 metrics["uar_ci"] = list(bootstrap_ci(
-                    gold, pred, lambda t, p: classification_metrics(t, p, labels.labels)["uar"], n_boot=n_boot))
+                    gold, pred, "uar", n_boot=n_boot))
             probs = torch.softmax(torch.from_numpy(out), 1).numpy()
             write_text_atomic(outdir / "predictions.txt", "".join(f"{u} {p}\n" for u, p in zip(utts, pred)))
             write_text_atomic(outdir / "scores.txt", "# utt " + " ".join(labels.labels) + "\n" + "".join(

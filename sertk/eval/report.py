@@ -1,0 +1,319 @@
+"""Stage 11: turn every results.json of a run into RESULTS.md and confusion plots.
+
+One section per recipe stage that produced results (stage numbers are the
+contract of DESIGN.md), one table per task kind inside it. Every row names its
+protocol; fold results are aggregated to mean ± std; every classification
+row carries its majority-class and chance figures, so no number is read
+without the floor it has to beat.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sertk
+from sertk.common.fileio import hash_obj, write_text_atomic
+from sertk.eval.metrics import aggregate_folds
+from sertk.eval.results import ResultsError, read_results, slug
+
+# (title, stages): section order of RESULTS.md; stage numbers follow DESIGN.md.
+STAGE_GROUPS = [
+    ("Stage 1: data", (1,)),
+    ("Stage 2: features", (2,)),
+    ("Stages 3-4: SELM and SER models", (3, 4)),
+    ("Stages 5-6: ICL personalisation", (5, 6)),
+    ("Stages 7-8: Wav2Small distillation", (7, 8)),
+    ("Stage 9: ZS-Fuse", (9,)),
+    ("Stage 10: acoustic concept tokens", (10,)),
+]
+BASELINES = "Baselines"
+
+
+@dataclass
+class Row:
+    """One table row: a single result, or the aggregate of a protocol's folds."""
+
+    stage: int
+    name: str
+    task: str
+    protocol: dict
+    protocol_id: str
+    metrics: dict
+    labels: list[str] | None
+    confusion: list | None
+    paths: list[str]
+    folds: list[int] = field(default_factory=list)   # empty for a single result
+    fold_ids: list[str] = field(default_factory=list)  # protocol ids of the folds
+    std: dict = field(default_factory=dict)           # fold std, same layout as metrics
+    section: str = ""                                 # RESULTS.md section (see group_title)
+    plot: Path | None = None
+
+    @property
+    def short_protocol(self) -> str:
+        p = self.protocol
+        head = p.get("protocol") or p.get("scheme")
+        if self.folds:
+            return f"{head}: {len(self.folds)} folds ({p['scheme']}) #{protocol_hash_of(self.protocol_id)}"
+        return f"{head}: {p['train']} → {p['test']} #{protocol_hash_of(self.protocol_id)}"
+
+
+def protocol_hash_of(pid: str) -> str:
+    return pid.rsplit("#", 1)[-1]
+
+
+def group_title(record: dict) -> str:
+    if (record.get("extra") or {}).get("baseline"):
+        return BASELINES
+    for title, stages in STAGE_GROUPS:
+        if record["stage"] in stages:
+            return title
+    return f"Stage {record['stage']}"
+
+
+def _section_order(title: str) -> tuple:
+    titles = [t for t, _ in STAGE_GROUPS]
+    if title in titles:
+        return (0, titles.index(title), title)
+    if title == BASELINES:
+        return (1, 0, title)
+    return (2, int(re.sub(r"\D", "", title) or 0), title)
+
+
+def _confusion_of(record: dict):
+    c = record.get("confusion")
+    return c if c is not None else record["metrics"].get("confusion")
+
+
+def _single_row(r: dict) -> Row:
+    return Row(stage=r["stage"], name=r["name"], task=r["task"], protocol=r["protocol"],
+               protocol_id=r["protocol_id"], metrics=r["metrics"], labels=r.get("labels"),
+               confusion=_confusion_of(r), paths=[r["path"]])
+
+
+def _fold_key(r: dict) -> tuple:
+    p = r["protocol"]
+    return (r["stage"], r["name"], r["task"], p["corpus"], p.get("protocol") or "", p["scheme"],
+            str(p["label_map"]), tuple(r.get("labels") or ()), bool((r.get("extra") or {}).get("baseline")))
+
+
+def _fold_groups(records: list[dict]) -> list[list[dict]]:
+    """Results of the same model and protocol, one per fold.
+
+    A protocol whose folds each have several test sets is split by test name
+    with the fold number blanked (``fold3_test`` -> ``fold*_test``).
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(_fold_key(r), []).append(r)
+    out = []
+    for members in groups.values():
+        folds = [r["extra"]["fold"] for r in members]
+        if len(set(folds)) == len(folds):
+            out.append(members)
+            continue
+        sub: dict[str, list[dict]] = {}
+        for r in members:
+            test = re.sub(r"(?i)fold[_-]?\d+", "fold*", str(r["protocol"]["test"]))
+            sub.setdefault(test, []).append(r)
+        for rs in sub.values():
+            seen: dict = {}
+            for r in rs:
+                f = r["extra"]["fold"]
+                if f in seen:
+                    raise ResultsError(f"two results for fold {f} of {r['name']} ({r['protocol_id']}): "
+                                       f"{seen[f]} and {r['path']}")
+                seen[f] = r["path"]
+            out.append(rs)
+    return out
+
+
+def _fold_order(fold) -> tuple:
+    """Numeric folds in numeric order (fold 10 after fold 9), then named ones."""
+    return (0, fold, "") if isinstance(fold, (int, float)) else (1, 0, str(fold))
+
+
+def _fold_row(members: list[dict]) -> Row:
+    members = sorted(members, key=lambda r: (_fold_order(r["extra"]["fold"]), r["path"]))
+    first = members[0]
+    metrics = []
+    for r in members:
+        m = dict(r["metrics"])
+        c = _confusion_of(r)
+        if c is not None:
+            m["confusion"] = c
+        else:
+            m.pop("confusion", None)
+        metrics.append(m)
+    try:
+        agg = aggregate_folds(metrics)
+    except ValueError as e:
+        raise ResultsError(f"{e} (files: {', '.join(r['path'] for r in members)})") from None
+    p = first["protocol"]
+    folds = [r["extra"]["fold"] for r in members]
+    protocol = {k: v for k, v in p.items() if k not in ("train", "test", "dev", "fold", "hash")}
+    protocol.update(train="per fold", test="per fold")
+    parts = [f"corpus={p['corpus']}"] + ([f"protocol={p['protocol']}"] if p.get("protocol") else [])
+    parts += [f"scheme={p['scheme']}", f"labels={p['label_map']}", f"folds={','.join(str(f) for f in folds)}"]
+    pid = ";".join(parts) + "#" + hash_obj([r["protocol_id"] for r in members])[:8]
+    mean = dict(agg["mean"])
+    if "n" in agg:
+        mean["n"] = agg["n"]
+    if isinstance(first["metrics"].get("dims"), list):
+        mean["dims"] = first["metrics"]["dims"]
+    return Row(stage=first["stage"], name=first["name"], task=first["task"], protocol=protocol,
+               protocol_id=pid, metrics=mean, labels=first.get("labels"), confusion=agg.get("confusion"),
+               paths=[r["path"] for r in members], folds=folds, std=agg["std"],
+               fold_ids=[r["protocol_id"] for r in members])
+
+
+def build_rows(records: list[dict]) -> list[Row]:
+    singles = [r for r in records if (r.get("extra") or {}).get("fold") is None]
+    folded = [r for r in records if (r.get("extra") or {}).get("fold") is not None]
+    rows = [(_single_row(r), r) for r in singles]
+    rows += [(_fold_row(g), g[0]) for g in _fold_groups(folded)]
+    for row, record in rows:
+        row.section = group_title(record)
+    return [row for row, _ in rows]
+
+
+# ---------------------------------------------------------------- formatting
+
+def _num(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    return f"{v:.3f}"
+
+
+def _cell(row: Row, key: str, sub: str | None = None) -> str:
+    """``m``, ``m [lo, hi]`` (bootstrap CI) or ``m ± s`` (folds) for a metric."""
+    m = row.metrics.get(key)
+    s = row.std.get(key)
+    if sub is not None:
+        m = m.get(sub) if isinstance(m, dict) else None
+        s = s.get(sub) if isinstance(s, dict) else None
+    if not isinstance(m, (int, float)) or isinstance(m, bool):
+        return "–"
+    if row.folds:
+        return f"{m:.3f} ± {_num(s)}"
+    ci = row.metrics.get(f"{key}_{sub}_ci" if sub else f"{key}_ci")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci):
+        return f"{m:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return f"{m:.3f}"
+
+
+def _pair(row: Row, a: str, b: str) -> str:
+    return f"{_num(row.metrics.get(a))} / {_num(row.metrics.get(b))}"
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+    return "\n".join([line(header), line(["---"] * len(header))] + [line(r) for r in body])
+
+
+def _classification_table(rows: list[Row], out_dir: Path) -> str:
+    body = []
+    for r in rows:
+        link = f"[png]({Path(os.path.relpath(r.plot.resolve(), out_dir)).as_posix()})" if r.plot else "–"
+        body.append([r.name, r.short_protocol, _num(r.metrics.get("n")), _cell(r, "uar"), _cell(r, "wa"),
+                     _cell(r, "macro_f1"), _pair(r, "majority_uar", "majority_wa"),
+                     _pair(r, "chance_uar", "chance_wa"), link])
+    return _table(["result", "protocol", "n", "UAR", "WA", "macro-F1", "majority UAR / WA",
+                   "chance UAR / WA", "confusion"], body) + (
+        "\n\nMajority: always predicting the most frequent test class. Chance: guessing at random with "
+        "the test-set class priors (UAR 1/C, WA Σ p_c²), C = classes present in the test set.")
+
+
+AVD_ORDER = ("arousal", "valence", "dominance")
+
+
+def _dims(rows: list[Row]) -> list[str]:
+    """Regression dimensions in their recorded order (A/V/D first when unrecorded)."""
+    order = [d for r in rows for d in (r.metrics.get("dims") or [])]
+    rest = sorted({d for r in rows for d in (r.metrics.get("ccc") or {})} - set(order),
+                  key=lambda d: (AVD_ORDER.index(d) if d in AVD_ORDER else len(AVD_ORDER), d))
+    return list(dict.fromkeys(order + rest))
+
+
+def _regression_table(rows: list[Row]) -> str:
+    dims = _dims(rows)
+    body = [[r.name, r.short_protocol, _num(r.metrics.get("n"))] + [_cell(r, "ccc", d) for d in dims]
+            + [_cell(r, "ccc_mean")] for r in rows]
+    return _table(["result", "protocol", "n"] + [f"CCC {d}" for d in dims] + ["mean CCC"], body) + (
+        "\n\nCCC 1 is perfect agreement; any constant prediction scores CCC 0.")
+
+
+def _generic_table(rows: list[Row]) -> str:
+    keys = sorted({k for r in rows for k, v in r.metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"})
+    body = [[r.name, r.short_protocol, _num(r.metrics.get("n"))] + [_cell(r, k) for k in keys] for r in rows]
+    return _table(["result", "protocol", "n"] + keys, body)
+
+
+def _plot_rows(rows: list[Row], plot_dir: Path) -> None:
+    from sertk.eval.plots import plot_confusion  # matplotlib only when plotting
+
+    for r in rows:
+        if r.task != "classification" or r.confusion is None:
+            continue
+        labels = r.labels or [str(i) for i in range(len(r.confusion))]
+        head = r.protocol.get("protocol") or r.protocol["scheme"]
+        tail = "folds" if r.folds else str(r.protocol["test"])
+        fname = f"stage{r.stage}_{slug(r.name)}_{slug(str(head))}_{slug(tail)}_{protocol_hash_of(r.protocol_id)}.png"
+        title = f"{r.name}: {r.short_protocol}" + (" (summed over folds)" if r.folds else "")
+        r.plot = plot_confusion(r.confusion, labels, plot_dir / fname, title)
+
+
+def render(rows: list[Row], title: str, exp_root: Path, out_dir: Path, n_files: int) -> str:
+    lines = [f"# {title}", "",
+             f"Generated by sertk {sertk.__version__} (stage 11) from {n_files} results.json file(s) under "
+             f"`{exp_root}`. Figures are fractions; `a [lo, hi]` is a bootstrap confidence interval over test "
+             "utterances; `m ± s` is the mean ± sample std (ddof=1) over folds. Definitions: docs/metrics.md.", ""]
+    if not rows:
+        lines.append(f"No results.json found under `{exp_root}`.")
+        return "\n".join(lines) + "\n"
+    sections: dict[str, list[Row]] = {}
+    for r in rows:
+        sections.setdefault(r.section, []).append(r)
+    for sec in sorted(sections, key=_section_order):
+        lines += [f"## {sec}", ""]
+        by_task: dict[str, list[Row]] = {}
+        for r in sorted(sections[sec], key=lambda r: (r.name, r.stage, r.short_protocol, r.protocol_id)):
+            by_task.setdefault(r.task, []).append(r)
+        for task in sorted(by_task, key=lambda t: ({"classification": 0, "regression": 1}.get(t, 2), t)):
+            rs = by_task[task]
+            if len(by_task) > 1:
+                lines += [f"### {task}", ""]
+            if task == "classification":
+                lines.append(_classification_table(rs, out_dir))
+            elif task == "regression":
+                lines.append(_regression_table(rs))
+            else:
+                lines.append(_generic_table(rs))
+            lines += ["", "Protocols:", ""]
+            listed = set()
+            for r in rs:
+                if r.protocol_id not in listed:
+                    listed.add(r.protocol_id)
+                    lines.append(f"- `{r.protocol_id}`")
+                    lines += [f"  - fold {f}: `{pid}`" for f, pid in zip(r.folds, r.fold_ids)]
+            lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write_report(exp_root, out_md, title: str = "sertk results") -> str:
+    """Write ``out_md`` (RESULTS.md) and ``exp_root/plots/*.png``; return the markdown.
+
+    Only those files are written (atomically); nothing under ``exp_root`` is removed.
+    """
+    exp_root, out_md = Path(exp_root), Path(out_md)
+    records = read_results(exp_root)
+    rows = build_rows(records)
+    _plot_rows(rows, exp_root / "plots")
+    text = render(rows, title, exp_root, out_md.resolve().parent, len(records))
+    write_text_atomic(out_md, text)
+    return text

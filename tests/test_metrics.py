@@ -1,0 +1,223 @@
+"""Metrics against scikit-learn and against cases worked out by hand."""
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import pearsonr
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, mean_absolute_error, recall_score
+
+from sertk.eval.metrics import (aggregate_folds, bootstrap_ci, ccc, ccc_per_dim, classification_metrics,
+                                regression_metrics, scores_from_confusion)
+
+LABELS = ["neutral", "happy", "angry", "sad"]
+
+
+def noisy_predictions(n, seed=0, p_correct=0.6, labels=LABELS, priors=(0.4, 0.3, 0.2, 0.1)):
+    rng = np.random.default_rng(seed)
+    y_true = list(rng.choice(labels, size=n, p=priors))
+    y_pred = [t if rng.random() < p_correct else str(rng.choice(labels)) for t in y_true]
+    return y_true, y_pred
+
+
+# ---------------------------------------------------------------- classification
+
+def test_classification_matches_sklearn():
+    y_true, y_pred = noisy_predictions(500, seed=3)
+    m = classification_metrics(y_true, y_pred, LABELS)
+    assert m["n"] == 500
+    assert m["uar"] == pytest.approx(recall_score(y_true, y_pred, average="macro"))
+    assert m["wa"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert m["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert m["confusion"] == confusion_matrix(y_true, y_pred, labels=LABELS).tolist()
+    per_class = recall_score(y_true, y_pred, labels=LABELS, average=None)
+    assert [m["per_class_recall"][lab] for lab in LABELS] == pytest.approx(per_class.tolist())
+    # the batched numpy path used by the bootstrap agrees with sklearn too
+    fast = scores_from_confusion(m["confusion"])
+    assert fast["uar"] == pytest.approx(m["uar"])
+    assert fast["wa"] == pytest.approx(m["wa"])
+    assert fast["macro_f1"] == pytest.approx(m["macro_f1"])
+
+
+def test_classification_hand_computed():
+    y_true = ["a", "a", "a", "b", "b", "c"]
+    y_pred = ["a", "a", "b", "b", "c", "c"]
+    m = classification_metrics(y_true, y_pred, ["a", "b", "c"])
+    assert m["confusion"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert m["per_class_recall"] == pytest.approx({"a": 2 / 3, "b": 1 / 2, "c": 1.0})
+    assert m["uar"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)          # 13/18
+    assert m["wa"] == pytest.approx(4 / 6)
+    # F1: a (P=1, R=2/3) 0.8; b (P=1/2, R=1/2) 0.5; c (P=1/2, R=1) 2/3
+    assert m["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert m["majority_wa"] == pytest.approx(0.5)
+    assert m["majority_uar"] == pytest.approx(1 / 3)
+    assert m["chance_uar"] == pytest.approx(1 / 3)
+    assert m["chance_wa"] == pytest.approx(14 / 36)                      # 1/4 + 1/9 + 1/36
+
+
+def test_label_absent_from_reference_kept_in_confusion_but_not_averaged():
+    y_true = ["a", "a", "b", "b"]
+    y_pred = ["a", "d", "b", "b"]
+    m = classification_metrics(y_true, y_pred, ["a", "b", "c", "d"])
+    assert m["uar"] == pytest.approx((0.5 + 1.0) / 2)
+    assert m["uar"] == pytest.approx(recall_score(y_true, y_pred, labels=["a", "b"], average="macro"))
+    assert m["confusion"] == [[1, 0, 0, 1], [0, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert m["per_class_recall"]["c"] is None and m["per_class_recall"]["d"] is None
+    assert m["n_classes_present"] == 2 and m["chance_uar"] == pytest.approx(0.5)
+    assert scores_from_confusion(m["confusion"])["uar"] == pytest.approx(m["uar"])
+    assert scores_from_confusion(m["confusion"])["macro_f1"] == pytest.approx(m["macro_f1"])
+
+
+def test_majority_predictor_scores_exactly_the_majority_figures():
+    y_true, _ = noisy_predictions(300, seed=5)
+    major = max(set(y_true), key=y_true.count)
+    m = classification_metrics(y_true, [major] * len(y_true), LABELS)
+    assert m["uar"] == pytest.approx(m["majority_uar"])
+    assert m["wa"] == pytest.approx(m["majority_wa"])
+    assert m["macro_f1"] == pytest.approx(m["majority_macro_f1"])
+
+
+def test_chance_wa_is_expected_accuracy_of_prior_guessing():
+    y_true, _ = noisy_predictions(400, seed=6)
+    m = classification_metrics(y_true, y_true, LABELS)
+    priors = np.array([m["support"][lab] for lab in LABELS]) / m["n"]
+    rng = np.random.default_rng(0)
+    guesses = rng.choice(len(LABELS), size=(200, len(y_true)), p=priors)
+    truth = np.array([LABELS.index(t) for t in y_true])
+    assert (guesses == truth).mean() == pytest.approx(m["chance_wa"], abs=0.01)
+
+
+def test_bad_classification_input_is_named():
+    with pytest.raises(ValueError, match=r"prediction 1: label 'joy'"):
+        classification_metrics(["a", "b"], ["a", "joy"], ["a", "b"])
+    with pytest.raises(ValueError, match=r"reference 0: label 'x'"):
+        classification_metrics(["x"], ["a"], ["a", "b"])
+    with pytest.raises(ValueError, match="2 references but 1 predictions"):
+        classification_metrics(["a", "b"], ["a"], ["a", "b"])
+    with pytest.raises(ValueError, match="duplicated"):
+        classification_metrics(["a"], ["a"], ["a", "a"])
+
+
+# ---------------------------------------------------------------- CCC
+
+def test_ccc_hand_computed():
+    x = np.array([1.0, 2.0, 3.0])
+    assert ccc(x, x) == pytest.approx(1.0)
+    # shift by 1: var 2/3 each, cov 2/3, mean gap 1 -> (4/3) / (7/3)
+    assert ccc(x, x + 1) == pytest.approx(4 / 7)
+    # scale by 2: Pearson r is 1, CCC is 2*(4/3) / (2/3 + 8/3 + 4) = 4/11
+    assert ccc(x, 2 * x) == pytest.approx(4 / 11)
+    assert ccc([-1.0, 0.0, 1.0], [1.0, 0.0, -1.0]) == pytest.approx(-1.0)
+    assert ccc(x, [5.0, 5.0, 5.0]) == pytest.approx(0.0)   # constant prediction
+
+
+def test_ccc_matches_population_formula_and_penalises_bias():
+    rng = np.random.default_rng(0)
+    gold = rng.normal(size=400)
+    pred = 0.8 * gold + rng.normal(scale=0.4, size=400) + 0.3
+    expected = 2 * np.cov(pred, gold, ddof=0)[0, 1] / (pred.var() + gold.var() + (pred.mean() - gold.mean()) ** 2)
+    assert ccc(pred, gold) == pytest.approx(expected)
+    assert ccc(pred, gold) < pearsonr(pred, gold)[0]
+    assert ccc(pred, gold) == pytest.approx(ccc(gold, pred))
+
+
+def test_ccc_rejects_undefined_and_bad_input():
+    with pytest.raises(ValueError, match="undefined"):
+        ccc([2.0, 2.0], [2.0, 2.0])
+    with pytest.raises(ValueError, match="non-finite"):
+        ccc([1.0, float("nan")], [1.0, 2.0])
+    with pytest.raises(ValueError, match="equal length"):
+        ccc([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_regression_metrics_per_dimension():
+    rng = np.random.default_rng(1)
+    gold = rng.normal(size=(200, 3))
+    pred = gold + rng.normal(scale=[0.1, 0.5, 1.0], size=(200, 3))
+    names = ["arousal", "valence", "dominance"]
+    r = regression_metrics(pred, gold, names)
+    assert r["dims"] == names and r["n"] == 200
+    assert r["ccc"] == ccc_per_dim(pred, gold, names)
+    assert r["ccc"]["arousal"] > r["ccc"]["valence"] > r["ccc"]["dominance"]  # noise grows
+    assert r["ccc_mean"] == pytest.approx(np.mean(list(r["ccc"].values())))
+    for j, name in enumerate(names):
+        assert r["ccc"][name] == pytest.approx(ccc(pred[:, j], gold[:, j]))
+        assert r["pearson"][name] == pytest.approx(pearsonr(pred[:, j], gold[:, j])[0])
+        assert r["mae"][name] == pytest.approx(mean_absolute_error(gold[:, j], pred[:, j]))
+    with pytest.raises(ValueError, match="3 dimensions but 2 names"):
+        regression_metrics(pred, gold, names[:2])
+
+
+# ---------------------------------------------------------------- bootstrap
+
+def test_bootstrap_is_deterministic_and_contains_the_estimate():
+    y_true, y_pred = noisy_predictions(1000, seed=7)
+    point = classification_metrics(y_true, y_pred, LABELS)
+    for name in ("uar", "wa", "macro_f1"):
+        lo, hi = bootstrap_ci(y_true, y_pred, name, n_boot=1000, seed=0)
+        assert lo < point[name] < hi
+        assert hi - lo < 0.1
+        assert (lo, hi) == bootstrap_ci(y_true, y_pred, name, n_boot=1000, seed=0)
+    assert bootstrap_ci(y_true, y_pred, "uar", seed=1) != bootstrap_ci(y_true, y_pred, "uar", seed=0)
+
+
+def test_bootstrap_fast_path_equals_callable_path():
+    """The numpy resampling gives the same numbers as calling sklearn-based metrics per resample."""
+    y_true, y_pred = noisy_predictions(120, seed=8)
+    for name in ("uar", "wa", "macro_f1"):
+        slow = bootstrap_ci(y_true, y_pred, lambda t, p: classification_metrics(t, p, LABELS)[name], n_boot=40)
+        assert bootstrap_ci(y_true, y_pred, name, n_boot=40) == pytest.approx(slow)
+    rng = np.random.default_rng(2)
+    gold = rng.normal(size=(150, 3))
+    pred = gold + rng.normal(size=(150, 3))
+    assert bootstrap_ci(gold[:, 0], pred[:, 0], "ccc", n_boot=40) == pytest.approx(
+        bootstrap_ci(gold[:, 0], pred[:, 0], ccc, n_boot=40))
+    mean_ccc = lambda g, p: regression_metrics(p, g, ["a", "v", "d"])["ccc_mean"]  # noqa: E731
+    lo, hi = bootstrap_ci(gold, pred, "ccc_mean", n_boot=40)
+    assert (lo, hi) == pytest.approx(bootstrap_ci(gold, pred, mean_ccc, n_boot=40))
+    assert lo < regression_metrics(pred, gold, ["a", "v", "d"])["ccc_mean"] < hi
+
+
+def test_bootstrap_interval_narrows_with_more_data():
+    small = bootstrap_ci(*noisy_predictions(100, seed=9), "uar")
+    large = bootstrap_ci(*noisy_predictions(3000, seed=9), "uar")
+    assert large[1] - large[0] < (small[1] - small[0]) / 2
+
+
+def test_bootstrap_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="unknown bootstrap metric"):
+        bootstrap_ci(["a"], ["a"], "accuracy")
+    with pytest.raises(ValueError, match="alpha"):
+        bootstrap_ci(["a"], ["a"], "uar", alpha=1.5)
+    with pytest.raises(ValueError, match="1 references but 2 predictions"):
+        bootstrap_ci(["a"], ["a", "b"], "uar")
+
+
+# ---------------------------------------------------------------- folds
+
+def test_aggregate_folds_mean_sample_std_and_pooled_confusion():
+    folds = [noisy_predictions(150 + 10 * k, seed=20 + k) for k in range(4)]
+    per_fold = [classification_metrics(t, p, LABELS) for t, p in folds]
+    agg = aggregate_folds(per_fold)
+    uars = [m["uar"] for m in per_fold]
+    assert agg["n_folds"] == 4 and agg["n"] == sum(m["n"] for m in per_fold)
+    assert agg["mean"]["uar"] == pytest.approx(np.mean(uars))
+    assert agg["std"]["uar"] == pytest.approx(np.std(uars, ddof=1))
+    assert agg["mean"]["per_class_recall"]["sad"] == pytest.approx(
+        np.mean([m["per_class_recall"]["sad"] for m in per_fold]))
+    assert agg["confusion"] == np.sum([m["confusion"] for m in per_fold], axis=0).tolist()
+    pooled = classification_metrics(sum((t for t, _ in folds), []), sum((p for _, p in folds), []), LABELS)
+    assert agg["pooled"]["uar"] == pytest.approx(pooled["uar"])
+    assert agg["pooled"]["wa"] == pytest.approx(pooled["wa"])
+
+
+def test_aggregate_folds_undefined_values_and_single_fold():
+    a = {"uar": 0.5, "per_class_recall": {"x": 0.4, "y": None}, "uar_ci": [0.4, 0.6]}
+    b = {"uar": 0.7, "per_class_recall": {"x": 0.6, "y": 0.8}, "uar_ci": [0.6, 0.8]}
+    agg = aggregate_folds([a, b])
+    assert agg["mean"]["per_class_recall"]["y"] == pytest.approx(0.8)   # only where defined
+    assert agg["std"]["per_class_recall"]["y"] is None
+    assert agg["std"]["uar"] == pytest.approx(math.sqrt(0.02))
+    assert "uar_ci" not in agg["mean"]
+    assert aggregate_folds([a])["std"]["uar"] is None
+    with pytest.raises(ValueError, match="no folds"):
+        aggregate_folds([])
