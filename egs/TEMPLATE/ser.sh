@@ -34,7 +34,7 @@ redo=false                # true: run selected stages even when up to date
 python=python3            # python interpreter with sertk installed
 # ---- end options ----
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+here=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
 root=$(cd "$here/../.." && pwd)
 . "$root/utils/parse_options.sh"
 

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from sertk.common.entry import base_parser, init_expdir, resolve_config
 from sertk.common.protocol import load_protocols
 from sertk.tasks import TaskContext, get_task
+from sertk.train.distributed import env_info
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -29,7 +31,10 @@ def run(action: str, argv: list[str] | None, doc: str, module: str) -> int:
         raise SystemExit(f"{args.config}: config needs a 'task' key (one of the sertk.tasks names)")
     task = get_task(cfg["task"])
     exp = Path(args.exp)
-    logger = init_expdir(exp, cfg, argv, module)
+    if env_info().is_main:  # under torchrun only rank 0 writes the experiment files
+        logger = init_expdir(exp, cfg, argv, module)
+    else:
+        logger = logging.getLogger(module)
     name = Path(args.config).stem if args.config else cfg["task"]
     for split in load_protocols(args.protocols, args.only):
         ctx = TaskContext(data=Path(args.data), dump=Path(args.dump), expdir=exp / split.tag, name=name,

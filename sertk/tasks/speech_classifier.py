@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from sertk.common.fileio import write_text_atomic
@@ -25,7 +24,8 @@ from sertk.eval.results import write_result
 from sertk.models.classifier import SpeechClassifier
 from sertk.tasks import TaskContext, reject_unknown
 from sertk.train.losses import ccc_loss
-from sertk.train.trainer import Trainer, TrainConfig
+from sertk.train.distributed import env_info
+from sertk.train.trainer import Trainer, TrainConfig, load_weights
 
 log = logging.getLogger(__name__)
 AVD_NAMES = ["arousal", "valence", "dominance"]
@@ -55,10 +55,6 @@ def _dataset(cfg: dict, ctx: TaskContext, set_name: str, labels: LabelMap | None
     return AudioDataset(ctx.datadir(set_name), sample_rate=ctx.sample_rate, label_map=labels,
                         targets=("avd",) if labels is None else ("emo",),
                         max_duration=d.get("max_duration"), random_crop=train and d.get("random_crop", False))
-
-
-def _forward(model, batch):
-    return model(batch["wav"], batch["lengths"])
 
 
 def _predict(model, loader) -> tuple[list[str], np.ndarray]:
@@ -95,8 +91,8 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     if not split.dev:
         log.warning("protocol %s has no dev set: selecting the checkpoint on the training data", split.tag)
 
-    def compute_loss(m, batch):
-        out = _forward(m, batch)
+    def compute_loss(m, batch):  # m may be the DDP wrapper: call it, not its module
+        out = m(batch["wav"], batch["lengths"])
         if regression:
             return ccc_loss(out, batch["avd"])
         return torch.nn.functional.cross_entropy(out, batch["labels"])
@@ -122,7 +118,8 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
             "labels": None if regression else labels.labels,
             "outputs": AVD_NAMES if regression else None,
             "best_epoch": summary.get("best_epoch"), "best_dev": summary.get("best_metrics")}
-    write_text_atomic(ctx.expdir / "model.yaml", yaml.safe_dump(info, sort_keys=False))
+    if env_info().is_main:
+        write_text_atomic(ctx.expdir / "model.yaml", yaml.safe_dump(info, sort_keys=False))
 
 
 def load_trained(expdir: Path) -> tuple[SpeechClassifier, dict]:
@@ -130,7 +127,7 @@ def load_trained(expdir: Path) -> tuple[SpeechClassifier, dict]:
     info = yaml.safe_load((expdir / "model.yaml").read_text())
     n = 3 if info["task"] == "regressor" else len(info["labels"])
     model = build_model({"model": info["model"]}, n)
-    model.load_state_dict(load_file(str(expdir / "best.safetensors")))
+    load_weights(model, expdir / "best.safetensors")
     model.eval()
     return model, info
 
