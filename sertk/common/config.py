@@ -38,7 +38,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key part")
-    return key.split("."), yaml.safe_load(value) if value.strip() else ""
+    parsed = yaml.safe_load(value) if value.strip() else ""
+    if isinstance(parsed, str):  # YAML 1.1 reads "1e-4" as a string; a user means a number
+        try:
+            parsed = float(parsed) if any(c in parsed.lower() for c in ".e") else int(parsed)
+        except ValueError:
+            pass
+    return key.split("."), parsed
 
 
 def set_dotted(cfg: dict, keys: list[str], value: Any) -> None:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from sertk.common.fileio import write_text_atomic
 from sertk.common.protocol import Split
-from sertk.data.dataset import AudioDataset, collate_audio
+from sertk.data.dataset import AudioDataset, collate_audio, make_bucket_batch_sampler
 from sertk.data.labels import LabelMap
 from sertk.eval.metrics import bootstrap_ci, classification_metrics, regression_metrics
 from sertk.eval.results import write_result
@@ -25,7 +25,7 @@ from sertk.models.classifier import SpeechClassifier
 from sertk.tasks import TaskContext, reject_unknown
 from sertk.train.losses import ccc_loss
 from sertk.train.distributed import env_info
-from sertk.train.trainer import Trainer, TrainConfig, load_weights
+from sertk.train.trainer import Trainer, TrainConfig, load_weights, shard_global_batches
 
 log = logging.getLogger(__name__)
 AVD_NAMES = ["arousal", "valence", "dominance"]
@@ -75,11 +75,28 @@ def check_config(cfg: dict, where: str) -> None:
     enc = model.get("encoder") or {}
     reject_unknown(enc, {"name_or_path", "revision", "kwargs", "type", "config", "layer", "freeze",
                          "freeze_feature_encoder", "normalize"}, f"{where}: model.encoder")
-    reject_unknown(cfg.get("data") or {}, {"max_duration", "random_crop"}, f"{where}: data")
+    reject_unknown(cfg.get("data") or {}, {"max_duration", "random_crop", "buckets"}, f"{where}: data")
     reject_unknown(cfg.get("eval") or {}, {"batch_size", "bootstrap"}, f"{where}: eval")
     TrainConfig.from_dict(dict(cfg.get("train") or {}))
     if not enc.get("name_or_path"):  # local configs are built for real; hub ones are not fetched
         build_model(cfg, 3)
+
+
+def _bucketing(cfg: dict, train_cfg: TrainConfig):
+    """Length-bucketed batches (less padding), sharded over DDP ranks; None = trainer default."""
+    buckets = cfg.get("data", {}).get("buckets")
+    if not buckets:
+        return None
+    lengths: list[float] = []
+
+    def batches(dataset, epoch, rank, world_size):
+        if not lengths:
+            lengths.extend(dataset.durations())
+        sampler = make_bucket_batch_sampler(dataset, batch_size=train_cfg.batch_size * world_size,
+                                            num_buckets=buckets, seed=train_cfg.seed, epoch=epoch,
+                                            lengths=lengths)
+        return shard_global_batches(sampler, rank, world_size)
+    return batches
 
 
 def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
@@ -111,8 +128,9 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     tcfg = dict(cfg.get("train", {}))
     tcfg.setdefault("select_metric", "ccc_mean" if regression else "uar")
     tcfg.setdefault("select_mode", "max")
-    trainer = Trainer(model, train_set, dev_set, collate_audio, compute_loss, evaluate,
-                      TrainConfig.from_dict(tcfg), ctx.expdir)
+    train_cfg = TrainConfig.from_dict(tcfg)
+    trainer = Trainer(model, train_set, dev_set, collate_audio, compute_loss, evaluate, train_cfg, ctx.expdir,
+                      batch_sampler_fn=_bucketing(cfg, train_cfg))
     summary = trainer.fit(resume=True)
     info = {"task": cfg["task"], "model": cfg["model"], "sample_rate": ctx.sample_rate,
             "labels": None if regression else labels.labels,
