@@ -64,7 +64,7 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   log "stage 2: eGeMAPS functionals and concept tokens"
   for s in $(sets); do
     run_stage 2 "egemaps_$s" "$data/$s" "$dump/egemaps/$s/feats.scp" -- \
-      "$python" -m sertk.bin.extract_egemaps_jobs --data "$data/$s" --out "$dump/egemaps/$s" \
+      "$python" -m sertk.bin.extract_egemaps --data "$data/$s" --out "$dump/egemaps/$s" \
         --nj "$nj" --backend "$backend" --slurm-opts "$slurm_opts" --sample-rate "$sample_rate"
   done
   run_stage 2 tokens "$protocols $dump/egemaps" "$dump/tokens" -- \

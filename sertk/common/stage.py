@@ -18,6 +18,11 @@ from sertk.common.fileio import hash_obj, hash_paths, write_json_atomic
 CONTENT_HASH_LIMIT = 4 << 20
 
 
+def _ignored(rel: Path) -> bool:
+    """Derived or bookkeeping files inside an input dir: job splits, hidden files, logs."""
+    return any(part.startswith(("split", ".")) or part == "log" for part in rel.parts)
+
+
 def digest_inputs(inputs: list[str]) -> dict[str, str]:
     """Per-input digest: file contents for small files, metadata for large ones."""
     out = {}
@@ -26,8 +31,9 @@ def digest_inputs(inputs: list[str]) -> dict[str, str]:
         if p.is_file() and p.stat().st_size > CONTENT_HASH_LIMIT:
             out[item] = hash_paths([p], content=False)
         elif p.is_dir():
-            small = [q for q in p.rglob("*") if q.is_file() and q.stat().st_size <= CONTENT_HASH_LIMIT]
-            large = [q for q in p.rglob("*") if q.is_file() and q.stat().st_size > CONTENT_HASH_LIMIT]
+            files = [q for q in p.rglob("*") if q.is_file() and not _ignored(q.relative_to(p))]
+            small = [q for q in files if q.stat().st_size <= CONTENT_HASH_LIMIT]
+            large = [q for q in files if q.stat().st_size > CONTENT_HASH_LIMIT]
             out[item] = hash_obj([hash_paths(small, content=True), hash_paths(large, content=False)])
         else:
             out[item] = hash_paths([p], content=True)
