@@ -14,8 +14,14 @@ can be compared only when they were computed on the same split::
         test: [studio_test, phone_test]
       loso:                          # folds: one entry per fold
         scheme: leave-one-session-out
+        lists: splits/loso.txt         # committed list file(s) the sets were built from
+        lists_sha256: 9f2c...          # optional: refuse a list file that changed
         folds:
           - {train: fold1_train, dev: fold1_dev, test: [fold1_test]}
+
+A protocol's ``lists`` name the committed, versioned split list files
+(sertk.data.corpus_prep) that its data dirs are built from; every result then
+also records their sha256 (``lists_hash``), so a figure names the exact split.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sertk.common.config import ConfigError, load_yaml
+from sertk.common.fileio import sha256_file
 from sertk.data.datadir import byte_sorted
 
 
@@ -40,6 +47,7 @@ class Split:
     label_map: str | None
     fold: int | None = None
     options: dict = field(default_factory=dict)
+    lists: list[str] = field(default_factory=list)  # resolved paths of the committed split list files
 
     @property
     def tag(self) -> str:
@@ -48,7 +56,7 @@ class Split:
 
     def record(self, test: str, data_root: str | Path) -> dict:
         """The protocol dict stored with every result (see sertk.eval.results)."""
-        return {
+        rec = {
             "corpus": self.corpus,
             "protocol": self.protocol,
             "fold": self.fold,
@@ -59,6 +67,10 @@ class Split:
             "label_map": Path(self.label_map).stem if self.label_map else "none",
             "hash": split_digest(data_root, [self.train, self.dev, test]),
         }
+        if self.lists:
+            rec["lists"] = [Path(p).name for p in self.lists]
+            rec["lists_hash"] = lists_digest(self.lists)
+        return rec
 
 
 def split_digest(data_root: str | Path, sets: list[str | None]) -> str:
@@ -73,13 +85,42 @@ def split_digest(data_root: str | Path, sets: list[str | None]) -> str:
     return h.hexdigest()[:12]
 
 
+def lists_digest(paths: list[str | Path]) -> str:
+    """sha256 of one list file, or of the concatenated per-file digests for several."""
+    digests = [sha256_file(p) for p in paths]
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def _resolve_lists(spec: dict, base: Path, where: str, check: bool) -> list[str]:
+    """The protocol's ``lists`` as absolute paths; verify existence and ``lists_sha256``."""
+    lists = [str(base / p) for p in _as_list(spec.get("lists"))]
+    if not check:
+        return lists
+    for p in lists:
+        if not Path(p).is_file():
+            raise ConfigError(f"{where}: split list file {p} does not exist; restore the committed file "
+                              "(git checkout) or, for an imported corpus, run stage 1 to create it")
+    want = spec.get("lists_sha256")
+    if want and lists:
+        got = lists_digest(lists)
+        if got != str(want):
+            raise ConfigError(f"{where}: split list {', '.join(lists)} has sha256 {got}, but the protocol pins "
+                              f"{want}; the split changed. If that is deliberate, bump the list's version "
+                              "line and update lists_sha256")
+    return lists
+
+
 def _as_list(value) -> list[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)
 
 
-def load_protocols(path: str | Path, only: list[str] | None = None) -> list[Split]:
+def load_protocols(path: str | Path, only: list[str] | None = None, check_lists: bool = True) -> list[Split]:
+    """Every split of the protocols file; ``check_lists=False`` skips the list-file checks
+    (data preparation creates an imported corpus's list on its first run)."""
     cfg = load_yaml(path)
     corpus = cfg.get("corpus")
     if not corpus:
@@ -100,6 +141,7 @@ def load_protocols(path: str | Path, only: list[str] | None = None) -> list[Spli
         if not isinstance(spec, dict):
             raise ConfigError(f"{path}: protocol {name!r} must be a mapping")
         scheme = spec.get("scheme", "unspecified")
+        lists = _resolve_lists(spec, base, f"{path}: protocol {name!r}", check_lists)
         folds = spec.get("folds")
         entries = folds if folds is not None else [spec]
         for k, entry in enumerate(entries, 1):
@@ -110,7 +152,9 @@ def load_protocols(path: str | Path, only: list[str] | None = None) -> list[Spli
                 corpus=corpus, protocol=name, scheme=scheme, train=entry["train"], dev=entry.get("dev"),
                 tests=_as_list(entry.get("test")), label_map=resolve(spec["label_map"]) if spec.get("label_map") else label_map,
                 fold=k if folds is not None else None,
-                options={k2: v for k2, v in spec.items() if k2 not in ("train", "dev", "test", "folds", "scheme")},
+                options={k2: v for k2, v in spec.items()
+                         if k2 not in ("train", "dev", "test", "folds", "scheme", "lists", "lists_sha256")},
+                lists=lists,
             ))
     if only and not out:
         raise ConfigError(f"{path}: none of the protocols {only} exist")

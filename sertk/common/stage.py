@@ -8,6 +8,7 @@ skipped; any change re-runs it, so stale outputs are never silently reused.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ CONTENT_HASH_LIMIT = 4 << 20
 
 def _ignored(rel: Path) -> bool:
     """Derived or bookkeeping files inside an input dir: job splits, hidden files, logs."""
-    return any(part.startswith(("split", ".")) or part == "log" for part in rel.parts)
+    return any(re.fullmatch(r"split\d+", part) or part.startswith(".") or part == "log" for part in rel.parts)
 
 
 def digest_inputs(inputs: list[str]) -> dict[str, str]:
