@@ -62,11 +62,20 @@ fi
 
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   log "stage 2: eGeMAPS functionals and concept tokens"
-  for s in $(sets); do
-    run_stage 2 "egemaps_$s" "$data/$s" "$dump/egemaps/$s/feats.scp" -- \
-      "$python" -m sertk.bin.extract_egemaps --data "$data/$s" --out "$dump/egemaps/$s" \
-        --nj "$nj" --backend "$backend" --slurm-opts "$slurm_opts" --sample-rate "$sample_rate"
-  done
+  set_list=$(sets | tr '\n' ' ')
+  ins=""; outs=""
+  for s in $set_list; do ins+=" $data/$s"; outs+=" $dump/egemaps/$s"; done
+  if [ "$backend" = local ]; then  # one pool for every set: workers start once
+    # shellcheck disable=SC2086
+    run_stage 2 egemaps "$ins" "$(for o in $outs; do printf '%s/feats.scp ' "$o"; done)" -- \
+      "$python" -m sertk.bin.extract_egemaps --data $ins --out $outs --nj "$nj" --sample-rate "$sample_rate"
+  else
+    for s in $set_list; do
+      run_stage 2 "egemaps_$s" "$data/$s" "$dump/egemaps/$s/feats.scp" -- \
+        "$python" -m sertk.bin.extract_egemaps --data "$data/$s" --out "$dump/egemaps/$s" \
+          --nj "$nj" --backend "$backend" --slurm-opts "$slurm_opts" --sample-rate "$sample_rate"
+    done
+  fi
   run_stage 2 tokens "$protocols $dump/egemaps" "$dump/tokens" -- \
     "$python" -m sertk.bin.protocol_tokens --protocols "$protocols" --data "$data" \
       --feats "$dump/egemaps" --out "$dump/tokens" --scope "$token_scope"

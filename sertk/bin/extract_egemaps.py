@@ -25,15 +25,18 @@ from sertk.data.audio import AudioError
 from sertk.data.datadir import DataDir, DataDirError
 from sertk.data.split import split_into_parts
 from sertk.features.egemaps import (EgemapsError, EgemapsExtractor, extract_datadir, extract_job,
-                                    extract_parallel, is_up_to_date, merge_jobs)
+                                    extract_many, extract_parallel, is_up_to_date,
+                                    merge_jobs)
 from sertk.features.store import FeatureStoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sertk extract-egemaps", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="data dir (wav.scp, utt2spk, optional segments)")
-    p.add_argument("--out", required=True, help="output dir: feats.ark, feats.scp, feature_names.txt, meta.json")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="data dir(s) (wav.scp, utt2spk, optional segments)")
+    p.add_argument("--out", required=True, nargs="+",
+                   help="output dir per data dir: feats.ark, feats.scp, feature_names.txt, meta.json")
     p.add_argument("--nj", type=int, default=1, help="number of parallel parts")
     p.add_argument("--sample-rate", type=int, default=16000, help="audio is resampled to this rate first")
     p.add_argument("--backend", choices=["local", "slurm"], default="local",
@@ -67,9 +70,19 @@ def run_slurm(args) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
+    if len(args.data) != len(args.out):
+        build_parser().error(f"{len(args.data)} --data dirs but {len(args.out)} --out dirs")
     try:
         if args.nj < 1:
             raise ValueError(f"--nj must be >= 1, got {args.nj}")
+        if len(args.data) > 1:
+            if args.job is not None or args.merge or args.backend == "slurm":
+                raise ValueError("several data dirs go with the local backend only; "
+                                 "run --job/--merge/slurm once per data dir")
+            for scp in extract_many(list(zip(args.data, args.out)), args.nj, args.sample_rate, args.force):
+                print(scp)
+            return 0
+        args.data, args.out = args.data[0], args.out[0]
         if args.job is not None:
             scp = extract_job(args.data, args.out, args.nj, args.job, args.sample_rate, args.force)
         elif args.merge:

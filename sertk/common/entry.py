@@ -33,20 +33,49 @@ def resolve_config(args: argparse.Namespace) -> dict:
 def command_line(argv: list[str] | None, module: str) -> str:
     """The shell command that reproduces this invocation from the current directory."""
     args = sys.argv[1:] if argv is None else argv
-    return f"python -m {module} " + " ".join(shlex.quote(a) for a in args)
+    return f"{shlex.quote(sys.executable)} -m {module} " + " ".join(shlex.quote(a) for a in args)
+
+
+STEP_ORDER = ("train", "evaluate")
+
+
+def _write_run_sh(expdir: Path) -> None:
+    """run.sh re-runs every recorded step (run_<step>.sh) in pipeline order."""
+    steps = sorted(p.stem[len("run_"):] for p in expdir.glob("run_*.sh"))
+    steps.sort(key=lambda s: (STEP_ORDER.index(s) if s in STEP_ORDER else len(STEP_ORDER), s))
+    body = "".join(f'bash "$here/run_{s}.sh" "$@"\n' for s in steps)
+    write_text_atomic(expdir / "run.sh", "#!/usr/bin/env bash\n"
+                      "# Re-runs the commands that produced this experiment directory, in order.\n"
+                      "set -e\nhere=$(cd \"$(dirname \"$0\")\" && pwd)\n" + body)
+    os.chmod(expdir / "run.sh", 0o755)
 
 
 def init_expdir(expdir: str | Path, cfg: dict, argv: list[str] | None, module: str):
-    """Create ``expdir`` with run.sh, config.yaml and a log file; return a logger."""
+    """Record how ``expdir`` is made; return a logger that also writes to its log dir.
+
+    ``run_<step>.sh`` re-runs exactly this command (``run.sh`` runs all steps);
+    ``config.yaml`` is the resolved config. A later step with a different
+    resolved config (say, other evaluation overrides) writes
+    ``config_<step>.yaml`` instead of overwriting the training config.
+    """
     expdir = Path(expdir)
     expdir.mkdir(parents=True, exist_ok=True)
+    step = module.rsplit(".", 1)[-1]
     script = (
         "#!/usr/bin/env bash\n"
-        "# Re-runs the command that produced this experiment directory.\n"
+        f"# Re-runs the '{step}' command of this experiment directory.\n"
         f"cd {shlex.quote(os.getcwd())}\n"
         f"{command_line(argv, module)} \"$@\"\n"
     )
-    write_text_atomic(expdir / "run.sh", script)
-    os.chmod(expdir / "run.sh", 0o755)
-    write_text_atomic(expdir / "config.yaml", dump_yaml(cfg))
-    return setup_logging(expdir / "log" / f"{module.rsplit('.', 1)[-1]}.log")
+    write_text_atomic(expdir / f"run_{step}.sh", script)
+    os.chmod(expdir / f"run_{step}.sh", 0o755)
+    _write_run_sh(expdir)
+    resolved = dump_yaml(cfg)
+    cfg_file = expdir / "config.yaml"
+    if cfg_file.exists() and step != "train" and cfg_file.read_text() != resolved:
+        cfg_file = expdir / f"config_{step}.yaml"
+    write_text_atomic(cfg_file, resolved)
+    logger = setup_logging(expdir / "log" / f"{step}.log")
+    if cfg_file.name != "config.yaml":
+        logger.warning("%s: resolved config differs from config.yaml; saved as %s", step, cfg_file.name)
+    return logger

@@ -211,29 +211,54 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per job already uses the cores
 
 
+MIN_UTTS_PER_JOB = 50  # below this a worker's start-up costs more than it saves
+
+
 def extract_parallel(datadir_path: str | Path, out_dir: str | Path, nj: int, sample_rate: int = 16000,
-                     force: bool = False) -> Path:
+                     force: bool = False, min_utts_per_job: int = MIN_UTTS_PER_JOB) -> Path:
     """Split the data dir into ``nj`` parts, extract them in a local process pool, merge."""
-    datadir = DataDir.read(datadir_path)
-    if not force and is_up_to_date(datadir, out_dir, EgemapsExtractor(sample_rate).config()):
-        log.info("%s: eGeMAPS features up to date for %d utterances, reused", out_dir, len(datadir))
-        return Path(out_dir) / "feats.scp"
-    nj = min(nj, len(datadir))
-    if nj <= 1:
-        return extract_datadir(datadir_path, out_dir, sample_rate, force)
-    split_into_parts(datadir_path, nj)
-    ctx = multiprocessing.get_context("spawn")  # fork after torch/openSMILE initialisation is unsafe
-    with ProcessPoolExecutor(max_workers=nj, mp_context=ctx, initializer=_init_worker) as pool:
-        futures = [pool.submit(extract_job, datadir_path, out_dir, nj, j, sample_rate, force)
-                   for j in range(1, nj + 1)]
-        errors = []
-        for f in futures:
-            try:
-                f.result()
-            except Exception as e:  # collect every failing job, then report them together
-                errors.append(e)
-    if errors:
-        if len(errors) == 1:
-            raise errors[0]
-        raise EgemapsError("; ".join(str(e) for e in errors))
-    return merge_jobs(datadir_path, out_dir, nj, sample_rate)
+    return extract_many([(datadir_path, out_dir)], nj, sample_rate, force, min_utts_per_job)[0]
+
+
+def extract_many(pairs: list[tuple[str | Path, str | Path]], nj: int, sample_rate: int = 16000,
+                 force: bool = False, min_utts_per_job: int = MIN_UTTS_PER_JOB) -> list[Path]:
+    """Extract several (data dir, store) pairs with one pool of ``nj`` workers.
+
+    Every data dir that is not up to date is split into parts of at least
+    ``min_utts_per_job`` utterances; all parts of all dirs share the pool, so the
+    workers start once for a whole stage.
+    """
+    cfg = EgemapsExtractor(sample_rate).config()
+    todo: list[tuple[str | Path, str | Path, int]] = []
+    for data, out in pairs:
+        datadir = DataDir.read(data)
+        if not force and is_up_to_date(datadir, out, cfg):
+            log.info("%s: eGeMAPS features up to date for %d utterances, reused", out, len(datadir))
+            continue
+        parts = max(1, min(nj, len(datadir) // max(1, min_utts_per_job)))
+        if parts > 1:
+            split_into_parts(data, parts)
+        todo.append((data, out, parts))
+    jobs = [(d, o, n, j) for d, o, n in todo for j in range(1, n + 1)]
+    if len(jobs) == 1 or nj <= 1:
+        for d, o, n, j in jobs:
+            (extract_job(d, o, n, j, sample_rate, force) if n > 1 else extract_datadir(d, o, sample_rate, force))
+    elif jobs:
+        ctx = multiprocessing.get_context("spawn")  # fork after torch/openSMILE initialisation is unsafe
+        with ProcessPoolExecutor(max_workers=nj, mp_context=ctx, initializer=_init_worker) as pool:
+            futures = [pool.submit(extract_job, d, o, n, j, sample_rate, force) if n > 1 else
+                       pool.submit(extract_datadir, d, o, sample_rate, force) for d, o, n, j in jobs]
+            errors = []
+            for f in futures:
+                try:
+                    f.result()
+                except Exception as e:  # collect every failing job, then report them together
+                    errors.append(e)
+        if errors:
+            if len(errors) == 1:
+                raise errors[0]
+            raise EgemapsError("; ".join(str(e) for e in errors))
+    for d, o, n in todo:
+        if n > 1:
+            merge_jobs(d, o, n, sample_rate)
+    return [Path(o) / "feats.scp" for _, o in pairs]

@@ -40,6 +40,14 @@ def speaker_normalize(x: np.ndarray, speakers: list[str]) -> np.ndarray:
     return out
 
 
+def _standardize(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, m: dict) -> np.ndarray:
+    """z-scores clipped to +-clip: one functional that explodes on one utterance
+    (a normalised std whose mean is near zero) must not swamp a linear model."""
+    clip = m.get("clip", 5.0)
+    xs = (x - mean) / scale
+    return np.clip(xs, -clip, clip) if clip else xs
+
+
 def load_set(ctx: TaskContext, set_name: str, speaker_norm: bool):
     d = DataDir.read(ctx.datadir(set_name))
     utts = d.utts
@@ -52,7 +60,7 @@ def load_set(ctx: TaskContext, set_name: str, speaker_norm: bool):
 def check_config(cfg: dict, where: str) -> None:
     reject_unknown(cfg, {"task", "model", "eval", "label_map", "baseline"}, where)
     reject_unknown(cfg.get("model") or {}, {"C", "max_iter", "class_weight", "speaker_norm", "regression",
-                                            "ridge_alpha"}, f"{where}: model")
+                                            "ridge_alpha", "clip"}, f"{where}: model")
     reject_unknown(cfg.get("eval") or {}, {"bootstrap"}, f"{where}: eval")
 
 
@@ -61,7 +69,7 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     labels = LabelMap.load(cfg.get("label_map") or split.label_map)
     d, utts, x = load_set(ctx, split.train, m.get("speaker_norm", False))
     scaler = StandardScaler().fit(x)
-    xs = scaler.transform(x)
+    xs = _standardize(x, scaler.mean_, scaler.scale_, m)
     y = np.array([labels.index(labels.canonical(d.utt2emo[u])) for u in utts])
     clf = LogisticRegression(C=m.get("C", 1.0), max_iter=m.get("max_iter", 5000),
                              class_weight=m.get("class_weight", "balanced")).fit(xs, y)
@@ -87,7 +95,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
     written = []
     for test in split.tests:
         d, utts, x = load_set(ctx, test, m.get("speaker_norm", False))
-        xs = (x - z["mean"]) / z["scale"]
+        xs = _standardize(x, z["mean"], z["scale"], m)
         logits = xs @ z["coef"].T + z["intercept"]
         if logits.shape[1] == 1:  # binary logistic regression has one column
             logits = np.concatenate([-logits, logits], 1)
