@@ -9,8 +9,6 @@ from functools import lru_cache
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio
 
 
 class AudioError(ValueError):
@@ -18,13 +16,17 @@ class AudioError(ValueError):
 
 
 @lru_cache(maxsize=32)
-def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
+def _resampler(orig: int, new: int):
+    import torchaudio  # imported on first use: validation and listing never pay for torch
+
     return torchaudio.transforms.Resample(orig, new)
 
 
 def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     if orig_sr == target_sr:
         return wav
+    import torch
+
     out = _resampler(orig_sr, target_sr)(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)))
     return out.numpy()
 

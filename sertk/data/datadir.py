@@ -95,6 +95,10 @@ class DataDir:
             f = path / name
             if f.exists():
                 tables[name] = read_table(f, nf, check_order)
+        # corpus-specific per-utterance fields (utt2intensity, utt2session, ...) travel along
+        for f in sorted(path.glob("utt2*")):
+            if f.is_file() and f.name not in tables:
+                tables[f.name] = read_table(f, 1, check_order)
         for name in REQUIRED:
             if name not in tables:
                 raise DataDirError(f"{path}: missing required file {name}")

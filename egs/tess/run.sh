@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# TESS: 7 emotions, speaker-based split (train one actress, test the other; 2 folds).
+#   ./run.sh                               # stages 1-4 and 11
+#   ./run.sh --stage 1 --stop-stage 2      # data preparation and features only
+# Set TESS in db.sh first (see docs/corpora.md).
+set -euo pipefail
+cd "$(dirname "$0")"
+. ./db.sh
+
+../TEMPLATE/ser.sh \
+  --corpus tess \
+  --prepare-cmd "python3 local/prepare.py --db '${TESS}' --out data --protocols conf/protocols.yaml" \
+  --protocols conf/protocols.yaml \
+  --ser-configs "conf/egemaps_lr.yaml" \
+  "$@"
