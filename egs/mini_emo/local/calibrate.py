@@ -34,6 +34,7 @@ from sertk.data.audio import read_audio  # noqa: E402
 from sertk.data.datadir import DataDir  # noqa: E402
 from sertk.data.synth import generate_corpus  # noqa: E402
 from sertk.eval.metrics import ccc, classification_metrics  # noqa: E402
+from sertk.tasks.egemaps_linear import speaker_normalize  # noqa: E402
 
 _SMILE = None
 
@@ -68,16 +69,6 @@ def features(datadir: Path, cache: Path, nj: int) -> tuple[np.ndarray, float]:
     return x, time.time() - start
 
 
-def speaker_norm(x: np.ndarray, spk: list[str]) -> np.ndarray:
-    out = np.empty_like(x)
-    spk_a = np.asarray(spk)
-    for s in np.unique(spk_a):
-        i = spk_a == s
-        sd = x[i].std(0)
-        out[i] = (x[i] - x[i].mean(0)) / np.where(sd > 1e-8, sd, 1.0)
-    return out
-
-
 def load_set(data: Path, name: str, cache: Path, nj: int):
     d = DataDir.read(data / name)
     x, secs = features(data / name, cache, nj)
@@ -93,8 +84,8 @@ def evaluate(train: dict, test: dict, labels: list[str]) -> dict:
     whose mean is near zero, and one such outlier ruins a linear regressor's CCC."""
     out = {}
     for norm in (False, True):
-        xtr = speaker_norm(train["x"], train["spk"]) if norm else train["x"]
-        xte = speaker_norm(test["x"], test["spk"]) if norm else test["x"]
+        xtr = speaker_normalize(train["x"], train["spk"]) if norm else train["x"]
+        xte = speaker_normalize(test["x"], test["spk"]) if norm else test["x"]
         sc = StandardScaler().fit(xtr)
         clf = LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced").fit(sc.transform(xtr), train["emo"])
         pred = clf.predict(sc.transform(xte))
