@@ -32,6 +32,7 @@ token_configs=            # stage 10 configs
 overrides=                # config overrides for stages 3-10, e.g. "train.epochs=2 train.lr=1e-4"
 redo=false                # true: run selected stages even when up to date
 python=python3            # python interpreter with sertk installed
+train_launcher=           # e.g. "torchrun --standalone --nproc_per_node=4": DDP training (stages 3, 5, 7)
 # ---- end options ----
 
 here=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
@@ -83,11 +84,13 @@ fi
 
 # run_configs STAGE NAME ACTION CONFIGS: train or evaluate each config on every protocol.
 run_configs() {
-  local num=$1 action=$2 configs=$3 c tag
+  local num=$1 action=$2 configs=$3 c tag launcher
+  launcher="$python"
+  [ "$action" = train ] && [ -n "$train_launcher" ] && launcher=$train_launcher
   for c in $configs; do
     tag=$(basename "$c" .yaml)
     run_stage "$num" "${action}_${tag}" "$c $protocols $data $dump/egemaps" "$exp/$tag" -- \
-      "$python" -m sertk.bin.$action --config "$c" --protocols "$protocols" --data "$data" \
+      $launcher -m sertk.bin.$action --config "$c" --protocols "$protocols" --data "$data" \
         --dump "$dump" --exp "$exp/$tag" --corpus "$corpus" --sample-rate "$sample_rate" --stage "$num" "${set_args[@]+"${set_args[@]}"}"
   done
 }

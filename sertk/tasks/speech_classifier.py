@@ -128,6 +128,8 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     tcfg = dict(cfg.get("train", {}))
     tcfg.setdefault("select_metric", "ccc_mean" if regression else "uar")
     tcfg.setdefault("select_mode", "max")
+    # HF encoders skip parameters per step (LayerDrop, the unused mask embedding): DDP must allow it
+    tcfg.setdefault("find_unused_parameters", True)
     train_cfg = TrainConfig.from_dict(tcfg)
     trainer = Trainer(model, train_set, dev_set, collate_audio, compute_loss, evaluate, train_cfg, ctx.expdir,
                       batch_sampler_fn=_bucketing(cfg, train_cfg))
