@@ -56,7 +56,7 @@ def results(recipe: Path) -> dict[str, dict]:
 
 def test_every_config_protocol_and_test_set_has_results(recipe):
     res = results(recipe)
-    for cfg in ("egemaps_lr", "egemaps_lr_spknorm", "classifier"):
+    for cfg in ("egemaps_lr", "egemaps_lr_spknorm", "classifier", "selm"):
         for proto, tests in (("studio", ("studio_test", "phone_test")), ("phone", ("phone_test", "studio_test"))):
             for t in tests:
                 r = res[f"{cfg}/{proto}/eval/{t}/results.json"]
@@ -64,6 +64,11 @@ def test_every_config_protocol_and_test_set_has_results(recipe):
                 assert r["protocol"]["train"] == f"{proto}_train" and r["protocol"]["test"] == t
                 assert "corpus=mini_emo" in r["protocol_id"]
                 assert 0.0 <= r["metrics"]["uar"] <= 1.0 and len(r["metrics"]["uar_ci"]) == 2
+    for proto, test in (("studio", "phone_test"), ("phone", "studio_test")):
+        for k in (1, 5, 10, 20):
+            r = res[f"selm/{proto}/fewshot/{test}/k{k}/eval/{test}/results.json"]
+            assert r["name"] == f"selm_fewshot_k{k}" and r["stage"] == 4
+        assert "relative_gain_uar" in res[f"selm/{proto}/eval/{test}/results.json"]["extra"]
     r = res["regressor/studio/eval/studio_test/results.json"]
     assert r["task"] == "regression" and r["stage"] == 8
     assert set(r["metrics"]["ccc"]) == {"arousal", "valence", "dominance"}

@@ -89,7 +89,10 @@ run_configs() {
   [ "$action" = train ] && [ -n "$train_launcher" ] && launcher=$train_launcher
   for c in $configs; do
     tag=$(basename "$c" .yaml)
-    run_stage "$num" "${action}_${tag}" "$c $protocols $data $dump/egemaps" "$exp/$tag" -- \
+    # models another config trained (e.g. SELM's encoder from exp/classifier) are inputs too
+    deps=$(for d in $(grep -oE 'exp/[A-Za-z0-9_.-]+' "$c" | sort -u); do
+             find "$d" -name best.safetensors -not -path '*/checkpoints/*' 2>/dev/null; done | sort | tr '\n' ' ')
+    run_stage "$num" "${action}_${tag}" "$c $protocols $data $dump/egemaps $deps" "$exp/$tag" -- \
       $launcher -m sertk.bin.$action --config "$c" --protocols "$protocols" --data "$data" \
         --dump "$dump" --exp "$exp/$tag" --corpus "$corpus" --sample-rate "$sample_rate" --stage "$num" "${set_args[@]+"${set_args[@]}"}"
   done

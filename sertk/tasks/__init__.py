@@ -14,6 +14,9 @@ TASKS = {
     "classifier": "sertk.tasks.speech_classifier",
     "regressor": "sertk.tasks.speech_classifier",
     "egemaps_linear": "sertk.tasks.egemaps_linear",
+    "selm": "sertk.tasks.selm",
+    "teacher": "sertk.tasks.teacher",
+    "distill": "sertk.tasks.distill",
 }
 
 

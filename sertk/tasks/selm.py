@@ -1,0 +1,537 @@
+"""SELM task (stages 3-4): train the audio-conditioned LM, evaluate in and out of
+domain, adapt few-shot, and compare with the speech-encoder baseline.
+
+Per split, the experiment dir holds ``model.yaml`` (everything to rebuild the
+model), ``best.safetensors`` (prefix mapper + LM; the frozen encoder is not
+stored, ``model.yaml`` names it), ``tokenizer/`` and per test set
+``eval/<set>/{results.json,predictions.txt,scores.txt}``; few-shot runs write
+``fewshot/<set>/k<k>/`` and ``eval/<set>/fewshot_curve.tsv``.
+
+The encoder is frozen, so its chosen layer is computed once per data dir and
+cached under ``<dump>/encoder_feats`` (sertk.features.embedding_cache); training
+epochs never run it. ``encoder.from_experiment: exp/classifier`` reuses the
+trained encoder of another experiment's same split (its model.yaml +
+best.safetensors), which makes a like-for-like comparison with that baseline.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from sertk.common.fileio import sha256_file, write_text_atomic
+from sertk.common.protocol import Split
+from sertk.data.dataset import AudioDataset, collate_audio
+from sertk.data.labels import LabelMap
+from sertk.eval.metrics import bootstrap_ci, classification_metrics
+from sertk.eval.results import load_result, write_result
+from sertk.features.embedding_cache import cache_key, cached_features
+from sertk.models.encoder import SpeechEncoder
+from sertk.models.selm import SELM, build_lm, encode_example
+from sertk.models.text_tokenizer import HFTokenizer, SentencePieceTokenizer, TextTokenizer, load_tokenizer
+from sertk.models.views import LEVELS, SENTIMENTS, VIEW_NAMES, View, make_views, map_gold, view_values
+from sertk.tasks import TaskContext, reject_unknown
+from sertk.train.trainer import Trainer, TrainConfig, load_weights, seed_everything
+
+log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------ config --
+
+
+def check_config(cfg: dict, where: str) -> None:
+    reject_unknown(cfg, {"task", "model", "data", "train", "eval", "fewshot", "label_map"}, where)
+    m = cfg.get("model") or {}
+    reject_unknown(m, {"encoder", "prefix", "lm", "prompt", "views", "avd_thresholds"}, f"{where}: model")
+    enc = m.get("encoder") or {}
+    reject_unknown(enc, {"from_experiment", "name_or_path", "revision", "kwargs", "type", "config", "layer",
+                         "normalize"}, f"{where}: model.encoder")
+    if not (enc.get("from_experiment") or enc.get("name_or_path") or enc.get("type")):
+        raise ValueError(f"{where}: model.encoder needs from_experiment, name_or_path or type+config")
+    reject_unknown(m.get("prefix") or {}, {"length", "proj_hidden", "mapper_layers", "mapper_heads", "dropout"},
+                   f"{where}: model.prefix")
+    lm = m.get("lm") or {}
+    reject_unknown(lm, {"name_or_path", "revision", "config", "tokenizer", "mode", "lora"}, f"{where}: model.lm")
+    reject_unknown(lm.get("tokenizer") or {}, {"vocab_size", "model_type"}, f"{where}: model.lm.tokenizer")
+    reject_unknown(lm.get("lora") or {}, {"r", "alpha", "dropout", "target_modules"}, f"{where}: model.lm.lora")
+    if lm.get("mode", "full") not in ("frozen", "full", "lora"):
+        raise ValueError(f"{where}: model.lm.mode must be frozen, full or lora")
+    views = m.get("views", ["categorical"])
+    if "categorical" not in views or any(v not in VIEW_NAMES for v in views):
+        raise ValueError(f"{where}: model.views must include 'categorical' and only {VIEW_NAMES}")
+    reject_unknown(cfg.get("data") or {}, {"max_duration", "cache", "cache_batch_size"}, f"{where}: data")
+    reject_unknown(cfg.get("eval") or {}, {"batch_size", "bootstrap", "lm_prior_weight", "label_mapping",
+                                           "baseline", "drop_unmapped"}, f"{where}: eval")
+    fs = cfg.get("fewshot")
+    if fs:
+        reject_unknown(fs, {"k", "pool", "adapt", "train", "seed"}, f"{where}: fewshot")
+        if fs.get("adapt", "prefix") not in ("prefix", "lora"):
+            raise ValueError(f"{where}: fewshot.adapt must be prefix or lora")
+        TrainConfig.from_dict(dict(fs.get("train") or {}))
+    TrainConfig.from_dict(dict(cfg.get("train") or {}))
+    if not lm.get("name_or_path") and not enc.get("from_experiment") and not enc.get("name_or_path"):
+        tok = SentencePieceTokenizer.train(_tokenizer_corpus(cfg, ["neutral", "angry"]), 64)
+        _build_model(cfg, tok, SpeechEncoder({**enc, "freeze": True}).hidden_size)
+
+
+# ----------------------------------------------------------------- building --
+
+
+def _views(cfg: dict, classes: list[str]) -> dict[str, View]:
+    return make_views(list(cfg["model"].get("views", ["categorical"])), classes)
+
+
+def _tokenizer_corpus(cfg: dict, classes: list[str]) -> list[str]:
+    """Every piece SELM encodes: the prompt, view headers and ' value' strings."""
+    texts = [cfg["model"].get("prompt") or ""]
+    for view in _views(cfg, classes).values():
+        for slot in view.slots:
+            texts.append(slot.header)
+            texts += [" " + v for v in slot.values]
+    return texts
+
+
+def _make_tokenizer(cfg: dict, classes: list[str]) -> TextTokenizer:
+    lm = cfg["model"].get("lm") or {}
+    if lm.get("name_or_path"):
+        return HFTokenizer(lm["name_or_path"], lm.get("revision"))
+    t = lm.get("tokenizer") or {}
+    return SentencePieceTokenizer.train(_tokenizer_corpus(cfg, classes), int(t.get("vocab_size", 96)),
+                                        t.get("model_type", "bpe"))
+
+
+def _build_model(cfg: dict, tokenizer: TextTokenizer, feat_dim: int, encoder: SpeechEncoder | None = None) -> SELM:
+    m = cfg["model"]
+    return SELM(build_lm(m.get("lm") or {}, tokenizer), feat_dim, m.get("prefix"), encoder)
+
+
+def _encoder_source(cfg: dict, split: Split) -> tuple[dict, Path | None]:
+    """The frozen encoder's spec and, with from_experiment, the weights file it comes from."""
+    enc = dict(cfg["model"]["encoder"])
+    src = enc.pop("from_experiment", None)
+    if not src:
+        return {**enc, "freeze": True}, None
+    expdir = Path(src) / split.tag
+    info_path, weights = expdir / "model.yaml", expdir / "best.safetensors"
+    if not info_path.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"model.encoder.from_experiment: {expdir} has no model.yaml/best.safetensors; "
+                                f"train that config first (list it before this one in --ser-configs)")
+    spec = dict(yaml.safe_load(info_path.read_text())["model"]["encoder"])
+    spec.update(enc)  # e.g. a different layer
+    return {**spec, "freeze": True}, weights
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def build_encoder(cfg: dict, split: Split) -> tuple[SpeechEncoder, dict, str | None]:
+    spec, weights = _encoder_source(cfg, split)
+    # seeded: a randomly initialised (or partly initialised) encoder is the same in train and evaluate
+    with torch.random.fork_rng():
+        torch.manual_seed(int((cfg.get("train") or {}).get("seed", 0)))
+        encoder = SpeechEncoder(spec)
+    digest = None
+    if weights is not None:
+        state = {k[len("encoder."):]: v for k, v in load_file(str(weights)).items() if k.startswith("encoder.")}
+        if not state:
+            raise ValueError(f"{weights}: holds no 'encoder.*' weights")
+        encoder.load_state_dict(state, strict=True)
+        digest = sha256_file(weights)
+    else:  # the cache key must change whenever the weights do (new init, new hub revision)
+        digest = state_digest(encoder)
+    encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder, spec, digest
+
+
+# -------------------------------------------------------------------- data --
+
+
+class ViewExamples(torch.utils.data.Dataset):
+    """(utterance, view) training examples over cached features or audio.
+
+    ``source`` is a dict utt -> features [T, D] (cached) or an AudioDataset
+    (on the fly, the model runs its encoder).
+    """
+
+    def __init__(self, source, utts: list[str], examples: list[tuple[str, str, list[str]]],
+                 views: dict[str, View], tokenizer: TextTokenizer, prompt_ids: list[int]):
+        self.source = source
+        self.index = {u: i for i, u in enumerate(source.utts)} if isinstance(source, AudioDataset) else None
+        self.utts = utts
+        self.examples = examples
+        self.encoded = [encode_example(tokenizer, prompt_ids, views[v], vals) for _, v, vals in examples]
+        self.pad_id = tokenizer.eos_id
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        utt = self.examples[i][0]
+        ids, tgt = self.encoded[i]
+        item = {"utt": utt, "ids": torch.tensor(ids), "tgt": torch.tensor(tgt)}
+        if self.index is None:
+            item["feats"] = self.source[utt]
+        else:
+            item["wav"] = self.source[self.index[utt]]["wav"]
+        return item
+
+    def collate(self, items: list[dict]) -> dict:
+        out = {"utts": [it["utt"] for it in items]}
+        if "feats" in items[0]:
+            n = torch.tensor([it["feats"].shape[0] for it in items])
+            feats = torch.zeros(len(items), int(n.max()), items[0]["feats"].shape[1])
+            for b, it in enumerate(items):
+                feats[b, :n[b]] = it["feats"]
+            out.update(feats=feats, feat_lengths=n)
+        else:
+            a = collate_audio([{"utt": it["utt"], "wav": it["wav"]} for it in items])
+            out.update(wav=a["wav"], lengths=a["lengths"])
+        width = max(len(it["ids"]) for it in items)
+        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        att = torch.zeros(len(items), width, dtype=torch.long)
+        tgt = torch.zeros(len(items), width, dtype=torch.bool)
+        for b, it in enumerate(items):
+            k = len(it["ids"])
+            ids[b, :k], att[b, :k], tgt[b, :k] = it["ids"], 1, it["tgt"]
+        out.update(input_ids=ids, attention_mask=att, target_mask=tgt)
+        return out
+
+
+def model_inputs(batch: dict) -> dict:
+    keys = ("input_ids", "attention_mask", "target_mask", "feats", "feat_lengths", "wav", "lengths")
+    return {k: batch[k] for k in keys if k in batch}
+
+
+def _examples(datadir, utts: list[str], labels: LabelMap | None, views: dict[str, View],
+              thresholds: tuple[float, float], only: tuple[str, ...] | None = None) -> list[tuple[str, str, list[str]]]:
+    """Every (utt, view, values) the utterance's labels support; categorical needs utt2emo."""
+    u2e = datadir.utt2emo if labels is not None else {}
+    u2a = datadir.utt2avd if (datadir.path and (Path(datadir.path) / "utt2avd").exists()) else {}
+    out = []
+    for u in utts:
+        emo = labels.canonical(u2e[u]) if u in u2e else None
+        for name, view in views.items():
+            if only and name not in only:
+                continue
+            vals = view_values(view, emo, u2a.get(u), thresholds)
+            if vals is not None:
+                out.append((u, name, vals))
+    return out
+
+
+class _Env:
+    """What train/evaluate share for one split: labels, encoder, cache, tokenizer."""
+
+    def __init__(self, cfg: dict, split: Split, ctx: TaskContext):
+        self.cfg, self.split, self.ctx = cfg, split, ctx
+        path = cfg.get("label_map") or split.label_map
+        if not path:
+            raise ValueError("selm needs a label map (protocols.yaml 'label_map' or config 'label_map')")
+        self.labels = LabelMap.load(path)
+        self.encoder, self.encoder_spec, self.weights_digest = build_encoder(cfg, split)
+        d = cfg.get("data") or {}
+        self.max_duration = d.get("max_duration")
+        self.use_cache = d.get("cache", True)
+        self.thresholds = tuple(cfg["model"].get("avd_thresholds", [0.4, 0.6]))
+
+    def audio(self, set_name: str) -> AudioDataset:
+        return AudioDataset(self.ctx.datadir(set_name), sample_rate=self.ctx.sample_rate, label_map=None,
+                            targets=(), max_duration=self.max_duration)
+
+    def source(self, set_name: str):
+        """Cached features (utt -> tensor), or the audio dataset when caching is off."""
+        ds = self.audio(set_name)
+        if not self.use_cache:
+            return ds
+        key = cache_key(self.encoder_spec, self.weights_digest, self.ctx.datadir(set_name), self.ctx.sample_rate,
+                        self.max_duration)
+        meta = {"encoder": self.encoder_spec, "weights_sha256": self.weights_digest,
+                "data": str(self.ctx.datadir(set_name))}
+        return cached_features(self.ctx.dump / "encoder_feats", key, set_name, self.encoder, ds, meta,
+                               batch_size=(self.cfg.get("data") or {}).get("cache_batch_size", 8))
+
+    def dataset(self, set_name: str, tokenizer: TextTokenizer, views: dict[str, View], only=None,
+                utts: list[str] | None = None) -> ViewExamples:
+        src = self.source(set_name)
+        dd = src.datadir if isinstance(src, AudioDataset) else self.audio(set_name).datadir
+        utts = utts if utts is not None else dd.utts
+        ex = _examples(dd, utts, self.labels, views, self.thresholds, only)
+        return ViewExamples(src, utts, ex, views, tokenizer, prompt_ids(self.cfg, tokenizer))
+
+    def model(self, tokenizer: TextTokenizer) -> SELM:
+        return _build_model(self.cfg, tokenizer, self.encoder.hidden_size,
+                            None if self.use_cache else self.encoder)
+
+
+def prompt_ids(cfg: dict, tokenizer: TextTokenizer) -> list[int]:
+    text = cfg["model"].get("prompt") or ""
+    return tokenizer.encode(text) if text else []
+
+
+# ---------------------------------------------------------------- predict --
+
+
+def predict(model: SELM, loader, tokenizer: TextTokenizer, views: dict[str, View], prompt: list[int],
+            prior_weight: float = 0.0) -> dict:
+    """Per utterance: categorical scores [C] and the constrained decoding of every view."""
+    model.eval()
+    out = {"utts": [], "scores": [], "views": {n: [] for n in views}}
+    with torch.no_grad():
+        for batch in loader:
+            dev = model.lm.device
+            inputs = {k: batch[k].to(dev) for k in ("feats", "feat_lengths", "wav", "lengths") if k in batch}
+            prefix = model.audio_prefix(**inputs)
+            ctx = [list(prompt) for _ in batch["utts"]]
+            for name, view in views.items():
+                chosen, scores = model.decode_view(prefix, ctx, view, tokenizer, prior_weight)
+                out["views"][name].extend(chosen)
+                if name == "categorical":
+                    out["scores"].append(scores[0].float().cpu())
+            out["utts"].extend(batch["utts"])
+    out["scores"] = torch.cat(out["scores"]).numpy() if out["scores"] else np.zeros((0, 0))
+    return out
+
+
+def _eval_loader(ds: ViewExamples, batch_size: int) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, collate_fn=ds.collate)
+
+
+# ------------------------------------------------------------------ train --
+
+
+def _fit(model: SELM, train_set: ViewExamples, dev_set: ViewExamples | None, env: _Env, tokenizer, tcfg: dict,
+         expdir: Path) -> dict:
+    cat_view = {"categorical": _views(env.cfg, env.labels.labels)["categorical"]}
+    prompt = prompt_ids(env.cfg, tokenizer)
+
+    def compute_loss(m, batch):  # m may be the DDP wrapper: call it
+        return m(**model_inputs(batch))
+
+    dd = env.audio(env.split.dev or env.split.train).datadir
+
+    def evaluate(m, loader):
+        r = predict(m, loader, tokenizer, cat_view, prompt)
+        gold = [env.labels.canonical(dd.utt2emo[u]) for u in r["utts"]]
+        pred = [v[0] for v in r["views"]["categorical"]]
+        c = classification_metrics(gold, pred, env.labels.labels)
+        return {"uar": c["uar"], "wa": c["wa"], "macro_f1": c["macro_f1"]}
+
+    tcfg = dict(tcfg)
+    if dev_set is not None:
+        tcfg.setdefault("select_metric", "uar")
+        tcfg.setdefault("select_mode", "max")
+    trainer = Trainer(model, train_set, dev_set, train_set.collate, compute_loss,
+                      evaluate if dev_set is not None else None, TrainConfig.from_dict(tcfg), expdir)
+    return trainer.fit(resume=True)
+
+
+def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
+    env = _Env(cfg, split, ctx)
+    seed_everything(int((cfg.get("train") or {}).get("seed", 0)))
+    tokenizer = _make_tokenizer(cfg, env.labels.labels)
+    views = _views(cfg, env.labels.labels)
+    train_set = env.dataset(split.train, tokenizer, views)
+    dev_set = env.dataset(split.dev or split.train, tokenizer, views, only=("categorical",))
+    if not split.dev:
+        log.warning("protocol %s has no dev set: selecting the checkpoint on the training data", split.tag)
+    model = env.model(tokenizer)
+    summary = _fit(model, train_set, dev_set, env, tokenizer, cfg.get("train") or {}, ctx.expdir)
+    tokenizer.save(ctx.expdir / "tokenizer")
+    info = {"task": "selm", "model": cfg["model"], "encoder": env.encoder_spec,
+            "encoder_weights_sha256": env.weights_digest, "sample_rate": ctx.sample_rate,
+            "labels": env.labels.labels, "cached_features": env.use_cache,
+            "best_epoch": summary.get("best_epoch"), "best_dev": summary.get("best_metrics")}
+    write_text_atomic(ctx.expdir / "model.yaml", yaml.safe_dump(info, sort_keys=False))
+
+
+def load_trained(expdir: Path, feat_dim: int, encoder: SpeechEncoder | None = None) -> tuple[SELM, TextTokenizer, dict]:
+    """Rebuild a trained SELM (model.yaml + tokenizer/ + best.safetensors)."""
+    info = yaml.safe_load((expdir / "model.yaml").read_text())
+    tokenizer = load_tokenizer(expdir / "tokenizer")
+    model = _build_model({"model": info["model"]}, tokenizer, feat_dim, encoder)
+    load_weights(model, expdir / "best.safetensors")
+    model.eval()
+    return model, tokenizer, info
+
+
+# --------------------------------------------------------------- evaluate --
+
+
+def _score_test(env: _Env, model: SELM, tokenizer, test: str, outdir: Path, name: str, extra: dict,
+                exclude: set[str] | None = None) -> dict:
+    """Score ``test`` (less ``exclude``: few-shot examples drawn from the test set itself) and write its results."""
+    cfg, ev = env.cfg, env.cfg.get("eval") or {}
+    views = _views(cfg, env.labels.labels)
+    ds = env.dataset(test, tokenizer, views, only=("categorical",))
+    dd = env.audio(test).datadir
+    classes = env.labels.labels
+    # test gold on the model's classes through the canonical vocabulary (+ documented merges)
+    mapping = dict(ev.get("label_mapping") or {})
+    keep, gold, dropped = [], [], []
+    for u in ds.utts:
+        if exclude and u in exclude:
+            continue
+        raw = dd.utt2emo.get(u)
+        if raw is None:
+            raise ValueError(f"{dd.path}/utt2emo: no label for utterance {u!r}")
+        g = map_gold(env.labels.canonical(raw) if raw in env.labels else raw, mapping, classes)
+        if g is None:
+            if not ev.get("drop_unmapped"):
+                raise ValueError(f"{dd.path}/utt2emo: utterance {u!r} has class {raw!r}, unknown to the model "
+                                 f"({', '.join(classes)}); add it to eval.label_mapping or set eval.drop_unmapped")
+            dropped.append(u)
+            continue
+        keep.append(u)
+        gold.append(g)
+    ds = ViewExamples(ds.source, keep, [(u, "categorical", [g]) for u, g in zip(keep, gold)],
+                      views, tokenizer, prompt_ids(cfg, tokenizer))
+    r = predict(model, _eval_loader(ds, ev.get("batch_size", 16)), tokenizer, views, prompt_ids(cfg, tokenizer),
+                float(ev.get("lm_prior_weight", 0.0)))
+    pred = [v[0] for v in r["views"]["categorical"]]
+    metrics = classification_metrics(gold, pred, classes)
+    if ev.get("bootstrap", 1000):
+        metrics["uar_ci"] = list(bootstrap_ci(gold, pred, "uar", n_boot=ev.get("bootstrap", 1000)))
+    extra = {**extra, "dropped_unmapped": len(dropped), "views": _view_scores(env, dd, r),
+             **_baseline_gain(cfg, env.split, test, metrics)}
+    write_text_atomic(outdir / "predictions.txt", "".join(
+        f"{u} {p} {' '.join('|'.join(r['views'][n][i]) for n in views if n != 'categorical')}".rstrip() + "\n"
+        for i, (u, p) in enumerate(zip(r["utts"], pred))))
+    write_text_atomic(outdir / "scores.txt", "# utt log-likelihood " + " ".join(classes) + "\n" + "".join(
+        f"{u} {' '.join(f'{v:.4f}' for v in row)}\n" for u, row in zip(r["utts"], r["scores"])))
+    write_result(outdir / "results.json", stage=env.ctx.stage, name=name, task="classification",
+                 protocol=env.split.record(test, env.ctx.data), metrics=metrics, labels=classes,
+                 confusion=metrics["confusion"], extra=extra)
+    return metrics
+
+
+def _view_scores(env: _Env, dd, r: dict) -> dict:
+    """Accuracy of each non-categorical view's slots where the test labels define them."""
+    out = {}
+    views = _views(env.cfg, env.labels.labels)
+    u2a = dd.utt2avd if (Path(dd.path) / "utt2avd").exists() else {}
+    for name, view in views.items():
+        if name == "categorical":
+            continue
+        hits, n = np.zeros(len(view.slots)), 0
+        for u, chosen in zip(r["utts"], r["views"][name]):
+            raw = dd.utt2emo.get(u)
+            emo = env.labels.canonical(raw) if raw in env.labels else None
+            gold = view_values(view, emo, u2a.get(u), env.thresholds)
+            if gold is None:
+                continue
+            hits += np.array([a == b for a, b in zip(chosen, gold)])
+            n += 1
+        if n:
+            names = [s.header.strip(" ,:") for s in view.slots]
+            out[name] = {"n": n, **{f"{s}_acc": float(h / n) for s, h in zip(names, hits)},
+                         "chance": 1.0 / len(SENTIMENTS if name == "sentiment" else LEVELS)}
+    return out
+
+
+def _baseline_gain(cfg: dict, split: Split, test: str, metrics: dict) -> dict:
+    base = (cfg.get("eval") or {}).get("baseline")
+    if not base:
+        return {}
+    path = Path(base) / split.tag / "eval" / test / "results.json"
+    if not path.is_file():
+        log.warning("baseline result %s not found: no relative gain reported", path)
+        return {"baseline_result": str(path), "baseline_found": False}
+    b = load_result(path)["metrics"]
+    out = {"baseline_result": str(path), "baseline_uar": b["uar"], "baseline_wa": b.get("wa"),
+           "baseline_macro_f1": b.get("macro_f1")}
+    for k in ("uar", "wa", "macro_f1"):
+        if b.get(k):
+            out[f"relative_gain_{k}"] = (metrics[k] - b[k]) / b[k]
+    return out
+
+
+def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
+    env = _Env(cfg, split, ctx)
+    model, tokenizer, info = load_trained(ctx.expdir, env.encoder.hidden_size,
+                                          None if env.use_cache else env.encoder)
+    written = []
+    for test in split.tests:
+        outdir = ctx.expdir / "eval" / test
+        extra = {"fold": split.fold, "model_dir": str(ctx.expdir), "best_dev": info.get("best_dev"),
+                 "in_domain": test.rsplit("_", 1)[0] == split.train.rsplit("_", 1)[0],
+                 "lm_prior_weight": float((cfg.get("eval") or {}).get("lm_prior_weight", 0.0))}
+        metrics = _score_test(env, model, tokenizer, test, outdir, ctx.name, extra)
+        gain = load_result(outdir / "results.json")["extra"]
+        log.info("%s %s -> %s: uar %.4f wa %.4f macro_f1 %.4f %s", ctx.name, split.tag, test, metrics["uar"],
+                 metrics["wa"], metrics["macro_f1"],
+                 f"(rel. gain over baseline {gain['relative_gain_uar']:+.1%})" if "relative_gain_uar" in gain else "")
+        written.append(outdir / "results.json")
+        written += _fewshot(env, model, tokenizer, test, metrics)
+    return written
+
+
+# --------------------------------------------------------------- few-shot --
+
+
+def sample_k_per_class(utts: list[str], labels: list[str], k: int, seed: int) -> list[str]:
+    """k utterances per class (all a class has when fewer), seeded, in byte order."""
+    rng = random.Random(seed)
+    by: dict[str, list[str]] = {}
+    for u, y in zip(utts, labels):
+        by.setdefault(y, []).append(u)
+    out = []
+    for y in sorted(by):
+        pool = sorted(by[y])
+        out += rng.sample(pool, min(k, len(pool)))
+    return sorted(out)
+
+
+def _fewshot(env: _Env, base: SELM, tokenizer, test: str, k0: dict) -> list[Path]:
+    """Adapt a copy of the model with k labelled target examples per class, for every k; k=0 row = unadapted."""
+    fs = env.cfg.get("fewshot") or {}
+    pool = (fs.get("pool") or {}).get(test)
+    if not fs or not pool or pool == env.split.train:
+        return []
+    views = _views(env.cfg, env.labels.labels)
+    dd = env.audio(pool).datadir
+    utts = [u for u in dd.utts if u in dd.utt2emo]
+    labels = [env.labels.canonical(dd.utt2emo[u]) for u in utts]
+    rows = ["k\tn_adapt\tuar\twa\tmacro_f1\n", f"0\t0\t{k0['uar']:.4f}\t{k0['wa']:.4f}\t{k0['macro_f1']:.4f}\n"]
+    written = []
+    for k in fs.get("k", [1, 5, 10, 20]):
+        seed = int(fs.get("seed", 0))
+        chosen = sample_k_per_class(utts, labels, int(k), seed)
+        model = copy.deepcopy(base)
+        adapt = fs.get("adapt", "prefix")
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith("prefixer.") if adapt == "prefix" else "lora_" in n)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(f"fewshot.adapt={adapt}: the model has no such parameters (lora needs lm.mode: lora)")
+        model.lm_frozen = not any(p.requires_grad for p in model.lm.parameters())
+        seed_everything(seed)
+        train_set = env.dataset(pool, tokenizer, views, utts=chosen)
+        expdir = env.ctx.expdir / "fewshot" / test / f"k{k}"
+        tcfg = {"epochs": 10, "batch_size": 8, "lr": 1e-3, "seed": seed, **(fs.get("train") or {})}
+        _fit(model, train_set, None, env, tokenizer, tcfg, expdir)
+        load_weights(model, expdir / "best.safetensors")
+        name = f"{env.ctx.name}_fewshot_k{k}"
+        extra = {"fold": env.split.fold, "model_dir": str(expdir), "fewshot_k": int(k), "fewshot_pool": pool,
+                 "fewshot_n": len(chosen), "fewshot_adapt": adapt, "in_domain": False}
+        # examples drawn from the test set itself are never scored
+        m = _score_test(env, model, tokenizer, test, expdir / "eval" / test, name, extra,
+                        exclude=set(chosen) if pool == test else None)
+        rows.append(f"{k}\t{len(chosen)}\t{m['uar']:.4f}\t{m['wa']:.4f}\t{m['macro_f1']:.4f}\n")
+        written.append(expdir / "eval" / test / "results.json")
+        log.info("%s few-shot k=%s (%d utts from %s) -> %s: uar %.4f", env.ctx.name, k, len(chosen), pool, test,
+                 m["uar"])
+    write_text_atomic(env.ctx.expdir / "eval" / test / "fewshot_curve.tsv", "".join(rows))
+    return written
