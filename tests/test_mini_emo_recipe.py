@@ -74,6 +74,36 @@ def test_every_config_protocol_and_test_set_has_results(recipe):
     assert set(r["metrics"]["ccc"]) == {"arousal", "valence", "dominance"}
 
 
+def test_distillation_teacher_and_students(recipe):
+    res = results(recipe)
+    for cfg in ("teacher", "wav2small", "wav2small_17k", "mobilenetv3_small"):
+        for t in ("studio_test", "phone_test"):  # studio-trained: in-domain and cross-domain
+            r = res[f"{cfg}/studio/eval/{t}/results.json"]
+            assert r["task"] == "regression" and r["stage"] == 8
+            assert set(r["metrics"]["ccc"]) == {"arousal", "valence", "dominance"}
+        assert not any(k.startswith(f"{cfg}/phone/") for k in res)  # the config restricts its protocols
+    for cfg, lo, hi in (("wav2small", 60_000, 80_000), ("wav2small_17k", 8_000, 20_000)):
+        r = res[f"{cfg}/studio/eval/studio_test/results.json"]
+        m = r["metrics"]
+        assert lo <= m["params"] <= hi and m["onnx_int8_kb"] < 130 and m["rtf_1thread"] > 0
+        assert set(m["ccc_teacher"]) == {"arousal", "valence", "dominance"}
+        assert r["extra"]["profile"]["parity_fp32_max_abs"] < 1e-4
+    onnx = recipe / "exp/wav2small/studio/onnx/model.int8.onnx"
+    assert onnx.exists()
+    assert "Students (int8 ONNX)" in (recipe / "exp" / "RESULTS.md").read_text()
+
+
+def test_predict_serves_the_onnx_student(recipe, tmp_path):
+    out = tmp_path / "pred"
+    r = subprocess.run([sys.executable, "-m", "sertk.cli", "predict", "--model", str(recipe / "exp/wav2small/studio"),
+                        "--wav-scp", str(recipe / "data/studio_test/wav.scp"), "--out", str(out)],
+                       cwd=recipe, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [line.split() for line in (out / "utt2avd").read_text().splitlines()]
+    utts = (recipe / "data/studio_test/utt2spk").read_text().split("\n")
+    assert len(rows) == len([u for u in utts if u]) and all(len(row) == 4 for row in rows)
+
+
 def test_egemaps_baseline_learns(recipe):
     """Even on the reduced corpus the feature baseline is far above chance in-domain."""
     r = results(recipe)["egemaps_lr/studio/eval/studio_test/results.json"]

@@ -12,5 +12,5 @@ cd "$(dirname "$0")"
   --prepare-cmd "python3 -m sertk.bin.make_synth_corpus --config conf/synth.yaml --out-audio downloads/audio --out-data data --nj 2" \
   --protocols conf/protocols.yaml \
   --ser-configs "conf/egemaps_lr.yaml conf/egemaps_lr_spknorm.yaml conf/classifier.yaml conf/selm.yaml" \
-  --distill-configs "conf/regressor.yaml" \
+  --distill-configs "conf/regressor.yaml conf/teacher.yaml conf/wav2small.yaml conf/wav2small_17k.yaml conf/mobilenetv3_small.yaml" \
   "$@"

@@ -2,6 +2,7 @@
 
   sertk predict --model exp/classifier/studio --wav-scp data/x/wav.scp --out pred/
   sertk predict --model exp/classifier/studio --audio-dir my_recordings/ --out pred/
+  sertk predict --model exp/wav2small/studio --wav-scp wav.scp --out pred/   # int8 ONNX student -> utt2avd
 """
 from __future__ import annotations
 
@@ -58,6 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args(argv)
     expdir, out = Path(args.model), Path(args.out)
+    onnx_path = expdir if expdir.suffix == ".onnx" else expdir / "onnx" / "model.int8.onnx"
+    if onnx_path.exists():  # an exported student: serve the ONNX model, no torch model needed
+        from sertk.export.serve import predict_onnx
+
+        items = read_table(Path(args.wav_scp)) if args.wav_scp else list_audio_dir(Path(args.audio_dir))
+        utts, names, scores = predict_onnx(onnx_path, items)
+        write_text_atomic(out / "utt2avd", "".join(
+            f"{u} {' '.join(f'{v:.5f}' for v in row)}\n" for u, row in zip(utts, scores)))
+        print(f"sertk predict: wrote {len(utts)} A/V/D predictions ({', '.join(names)}) to {out}", file=sys.stderr)
+        return 0
     if not (expdir / "model.yaml").exists():
         raise SystemExit(f"sertk predict: {expdir}/model.yaml not found; train the model first (stage 3 or 7)")
     task = yaml.safe_load((expdir / "model.yaml").read_text())["task"]

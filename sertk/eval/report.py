@@ -8,6 +8,8 @@ without the floor it has to beat.
 """
 from __future__ import annotations
 
+from sertk.export.table import has_students, students_table
+
 import os
 import re
 from dataclasses import dataclass, field
@@ -243,8 +245,12 @@ def _regression_table(rows: list[Row]) -> str:
     dims = _dims(rows)
     body = [[r.name, r.short_protocol, _num(r.metrics.get("n"))] + [_cell(r, "ccc", d) for d in dims]
             + [_cell(r, "ccc_mean")] for r in rows]
-    return _table(["result", "protocol", "n"] + [f"CCC {d}" for d in dims] + ["mean CCC"], body) + (
+    table = _table(["result", "protocol", "n"] + [f"CCC {d}" for d in dims] + ["mean CCC"], body) + (
         "\n\nCCC 1 is perfect agreement; any constant prediction scores CCC 0.")
+    if has_students([r.metrics for r in rows]):  # stage 8: deployment figures of each student
+        table += "\n\nStudents (int8 ONNX):\n\n" + students_table(
+            [(r.name, r.short_protocol, r.metrics) for r in rows])
+    return table
 
 
 def _generic_table(rows: list[Row]) -> str:

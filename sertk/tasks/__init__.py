@@ -50,7 +50,10 @@ def check_config(cfg: dict, where: str = "config") -> None:
     if "task" not in cfg:
         raise ValueError(f"{where}: missing 'task' (one of {', '.join(sorted(TASKS))})")
     task = get_task(cfg["task"])
-    task.check_config(cfg, where)
+    protocols = cfg.get("protocols")
+    if protocols is not None and not (isinstance(protocols, list) and all(isinstance(p, str) for p in protocols)):
+        raise ValueError(f"{where}: 'protocols' must be a list of protocol names")
+    task.check_config({k: v for k, v in cfg.items() if k != "protocols"}, where)
 
 
 def reject_unknown(section: dict, allowed: set[str], where: str) -> None:

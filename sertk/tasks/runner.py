@@ -36,7 +36,8 @@ def run(action: str, argv: list[str] | None, doc: str, module: str) -> int:
     else:
         logger = logging.getLogger(module)
     name = Path(args.config).stem if args.config else cfg["task"]
-    for split in load_protocols(args.protocols, args.only):
+    # a config may restrict itself to some protocols (e.g. costly models on mini_emo)
+    for split in load_protocols(args.protocols, args.only or cfg.get("protocols")):
         ctx = TaskContext(data=Path(args.data), dump=Path(args.dump), expdir=exp / split.tag, name=name,
                           stage=args.stage, sample_rate=args.sample_rate)
         logger.info("%s %s on %s (train=%s dev=%s test=%s)", action, name, split.tag, split.train,

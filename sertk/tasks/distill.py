@@ -1,0 +1,203 @@
+"""Stage 7/8 students distilled from the teacher (task: distill): Wav2Small or a MobileNet.
+
+Stage 7 (``train``) labels the student's training audio with the teacher named
+by ``teacher:`` (an experiment dir; the split's subdir is appended), clean plus
+``distill.copies`` augmented copies per utterance, cached under
+``<dump>/teacher_labels/``; the student learns these unclipped outputs only (no
+human labels), selecting its checkpoint by CCC against the teacher on the dev set.
+``distill.train_sets`` lists the data dirs to label (default: the protocol's
+train set; any unlabelled dirs with a wav.scp may be added).
+
+Stage 8 (``evaluate``) exports the student to ONNX float32 and int8, checks
+parity, profiles it (parameters, MACs per second, int8 size, RTF and peak RAM on
+one onnxruntime thread) and writes, per test set, CCC against human labels
+(the int8 model, as deployed) with the float and teacher figures in ``extra``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from sertk.common.fileio import write_json_atomic, write_text_atomic
+from sertk.common.protocol import Split
+from sertk.data.dataset import AudioDataset, collate_audio
+from sertk.eval.metrics import bootstrap_ci, regression_metrics
+from sertk.eval.results import write_result
+from sertk.export.onnx_export import export_onnx, parity, quantize_int8, run_onnx, session, size_kb
+from sertk.export.profile import count_params, macs_per_second, onnx_runtime_profile
+from sertk.models.dawn import AVD_OUTPUTS
+from sertk.models.mobilenet_student import ARCHS, MobileNetStudent
+from sertk.models.wav2small import Wav2Small
+from sertk.tasks import TaskContext, reject_unknown
+from sertk.tasks.teacher import gold_range, load_teacher, predict, scaled_gold
+from sertk.train.distill import LOSSES, AugmentConfig, DistillDataset, cache_dir, distill_loss, label_with_teacher
+from sertk.train.trainer import Trainer, TrainConfig, default_batches, load_weights
+
+log = logging.getLogger(__name__)
+NAMES = list(AVD_OUTPUTS)
+PARITY_TOL = 1e-4
+
+
+def build_student(spec: dict) -> torch.nn.Module:
+    """``{type: wav2small, channels: 13|29|"paper"|"released"}`` or ``{type: mobilenet, arch: ...}``."""
+    spec = dict(spec)
+    kind = spec.pop("type", None)
+    if kind == "wav2small":
+        return Wav2Small(**spec)
+    if kind == "mobilenet":
+        return MobileNetStudent(**spec)
+    raise ValueError(f"student.type must be 'wav2small' or 'mobilenet' ({', '.join(ARCHS)}), got {kind!r}")
+
+
+def check_config(cfg: dict, where: str) -> None:
+    reject_unknown(cfg, {"task", "teacher", "student", "distill", "data", "train", "eval", "export", "licence"}, where)
+    if not cfg.get("teacher"):
+        raise ValueError(f"{where}: 'teacher' must name the teacher experiment dir (e.g. exp/teacher)")
+    try:
+        build_student(cfg.get("student") or {})
+    except TypeError as e:
+        raise ValueError(f"{where}: student: {e}") from e
+    d = cfg.get("distill") or {}
+    reject_unknown(d, {"loss", "mse_weight", "copies", "train_sets", "augment"}, f"{where}: distill")
+    if d.get("loss", "ccc") not in LOSSES:
+        raise ValueError(f"{where}: distill.loss must be one of {LOSSES}")
+    AugmentConfig.from_dict(d.get("augment"))
+    reject_unknown(cfg.get("data") or {}, {"max_duration"}, f"{where}: data")
+    reject_unknown(cfg.get("eval") or {}, {"batch_size", "bootstrap", "profile_seconds", "gold_range"},
+                   f"{where}: eval")
+    gold_range(cfg, where)
+    reject_unknown(cfg.get("export") or {}, {"opset"}, f"{where}: export")
+    TrainConfig.from_dict(dict(cfg.get("train") or {}))
+
+
+def _teacher_dir(cfg: dict, split: Split) -> Path:
+    return Path(cfg["teacher"]) / split.tag
+
+
+def _no_singletons(dataset, epoch, rank, world_size, *, cfg: TrainConfig):
+    """Shuffled batches without a trailing batch of one (the CCC loss needs >= 2 items)."""
+    b = default_batches(len(dataset), cfg.batch_size, cfg.seed, epoch, rank, world_size)
+    if len(b) > 1 and len(b[-1]) < 2:
+        b[-2].extend(b.pop())
+    return b
+
+
+def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
+    teacher, tinfo = load_teacher(_teacher_dir(cfg, split))
+    if torch.cuda.is_available():  # labelling is the teacher's only job here: put it on the GPU when there is one
+        teacher = teacher.cuda()
+    d = cfg.get("distill") or {}
+    aug = AugmentConfig.from_dict(d.get("augment"))
+    max_dur = (cfg.get("data") or {}).get("max_duration")
+    seeds = list(range(int(d.get("copies", 1)) + 1))
+    cache = cache_dir(ctx.dump / "teacher_labels", tinfo["digest"], aug)
+    sets = d.get("train_sets") or [split.train]
+    labels = {}
+    for s in sets:
+        labels.update(label_with_teacher(teacher, ctx.datadir(s), cache, seeds, aug, ctx.sample_rate, max_dur))
+    dev = split.dev or split.train
+    dev_labels = label_with_teacher(teacher, ctx.datadir(dev), cache, [0], aug, ctx.sample_rate, max_dur)
+    train_set = DistillDataset([ctx.datadir(s) for s in sets], labels, seeds, aug, ctx.sample_rate, max_dur)
+    dev_set = DistillDataset([ctx.datadir(dev)], dev_labels, [0], aug, ctx.sample_rate, max_dur)
+    del teacher
+    model = build_student(cfg["student"])
+    kind, w = d.get("loss", "ccc"), float(d.get("mse_weight", 1.0))
+
+    def compute_loss(net, batch):
+        return distill_loss(net(batch["wav"], batch["lengths"]), batch["avd"], kind, w)
+
+    def evaluate(net, loader):
+        utts, out = predict(net, loader)
+        target = np.stack([dev_labels[(u.rsplit("#s", 1)[0], 0)] for u in utts])
+        r = regression_metrics(out, target, NAMES)
+        return {"ccc_teacher_mean": r["ccc_mean"], **{f"ccc_teacher_{k}": v for k, v in r["ccc"].items()}}
+
+    tcfg = dict(cfg.get("train") or {})
+    tcfg.setdefault("select_metric", "ccc_teacher_mean")
+    tcfg.setdefault("select_mode", "max")
+    train_cfg = TrainConfig.from_dict(tcfg)
+    summary = Trainer(model, train_set, dev_set, collate_audio, compute_loss, evaluate, train_cfg, ctx.expdir,
+                      batch_sampler_fn=lambda ds, e, r, ws: _no_singletons(ds, e, r, ws, cfg=train_cfg)
+                      ).fit(resume=True)
+    info = {"task": "distill", "student": cfg["student"], "outputs": NAMES, "sample_rate": ctx.sample_rate,
+            "teacher": str(_teacher_dir(cfg, split)), "teacher_digest": tinfo["digest"], "loss": kind,
+            "train_sets": sets, "copies": len(seeds) - 1, "best_epoch": summary.get("best_epoch"),
+            "best_dev": summary.get("best_metrics")}
+    write_text_atomic(ctx.expdir / "model.yaml", yaml.safe_dump(info, sort_keys=False))
+
+
+def load_student(expdir: Path) -> tuple[torch.nn.Module, dict]:
+    info = yaml.safe_load((Path(expdir) / "model.yaml").read_text())
+    model = build_student(info["student"])
+    load_weights(model, Path(expdir) / "best.safetensors")
+    return model.eval(), info
+
+
+def export_student(cfg: dict, model: torch.nn.Module, info: dict, outdir: Path, sample_rate: int) -> dict:
+    """fp32 + int8 ONNX with metadata, parity on a few lengths, and the profile figures."""
+    meta = {"output_names": ",".join(NAMES), "label_order": ",".join(NAMES), "sample_rate": sample_rate,
+            "input": "wav: float32 [1, samples], mono, any amplitude (normalised inside)",
+            "outputs": "avd: float32 [1, 3], unclipped teacher scale", "model": str(info["student"]),
+            "teacher": info.get("teacher", ""), "licence": cfg.get("licence", "CC-BY-NC-SA-4.0"),
+            "producer": "sertk"}
+    opset = (cfg.get("export") or {}).get("opset", 17)
+    fp32 = export_onnx(model, outdir / "model.onnx", meta, sample_rate, opset)
+    int8 = quantize_int8(fp32, outdir / "model.int8.onnx")
+    rng = np.random.default_rng(0)
+    probes = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (sample_rate // 2, 3 * sample_rate + 123)]
+    diff = parity(model, fp32, probes)
+    if diff > PARITY_TOL:
+        raise RuntimeError(f"{fp32}: ONNX float32 differs from torch by {diff:.2e} (> {PARITY_TOL})")
+    prof = onnx_runtime_profile(int8, seconds=(cfg.get("eval") or {}).get("profile_seconds", 4.0),
+                                sample_rate=sample_rate)
+    return {"params": count_params(model), "macs_per_s": macs_per_second(model, sample_rate),
+            "onnx_fp32_kb": size_kb(fp32), "onnx_int8_kb": size_kb(int8), "parity_fp32_max_abs": diff,
+            "rtf_1thread": prof["rtf"], "latency_ms_4s": prof["latency_ms"], "peak_ram_mb": prof["peak_ram_mb"],
+            "model_ram_mb": prof["model_ram_mb"], "onnx": str(fp32), "onnx_int8": str(int8)}
+
+
+def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
+    model, info = load_student(ctx.expdir)
+    profile = export_student(cfg, model, info, ctx.expdir / "onnx", ctx.sample_rate)
+    write_json_atomic(ctx.expdir / "onnx" / "profile.json", profile)
+    teacher, _ = load_teacher(info["teacher"])
+    sess = session(profile["onnx_int8"])
+    bs = (cfg.get("eval") or {}).get("batch_size", 16)
+    written = []
+    for test in split.tests:
+        ds = AudioDataset(ctx.datadir(test), ctx.sample_rate, targets=("avd",))
+        loader = DataLoader(ds, batch_size=bs, collate_fn=collate_audio)
+        utts, fp32 = predict(model, loader)
+        _, tout = predict(teacher, loader)
+        int8 = np.stack([run_onnx(sess, ds[i]["wav"].numpy()) for i in range(len(ds))])
+        gold = scaled_gold(cfg, np.array([ds.datadir.utt2avd[u] for u in utts]))
+        metrics = regression_metrics(int8, gold, NAMES)
+        n_boot = (cfg.get("eval") or {}).get("bootstrap", 1000)
+        if n_boot:
+            metrics["ccc_mean_ci"] = list(bootstrap_ci(gold, int8, "ccc_mean", n_boot=n_boot))
+        vs_teacher = regression_metrics(int8, tout, NAMES)
+        fp32_vs_teacher = regression_metrics(fp32, tout, NAMES)
+        metrics["ccc_teacher"] = vs_teacher["ccc"]
+        metrics["ccc_teacher_mean"] = vs_teacher["ccc_mean"]
+        metrics["int8_ccc_loss"] = fp32_vs_teacher["ccc_mean"] - vs_teacher["ccc_mean"]
+        for k in ("params", "macs_per_s", "onnx_int8_kb", "rtf_1thread", "peak_ram_mb"):
+            metrics[k] = profile[k]
+        extra = {"fold": split.fold, "role": "student", "model_dir": str(ctx.expdir), "student": info["student"],
+                 "teacher": info["teacher"], "scored_model": "onnx int8", "profile": profile,
+                 "fp32_ccc": regression_metrics(fp32, gold, NAMES)["ccc"], "fp32_ccc_teacher": fp32_vs_teacher["ccc"],
+                 "teacher_ccc": regression_metrics(tout, gold, NAMES)["ccc"]}
+        outdir = ctx.expdir / "eval" / test
+        write_text_atomic(outdir / "predictions.txt",
+                          "".join(f"{u} {' '.join(f'{v:.5f}' for v in row)}\n" for u, row in zip(utts, int8)))
+        path = outdir / "results.json"
+        write_result(path, stage=ctx.stage, name=ctx.name, task="regression", protocol=split.record(test, ctx.data),
+                     metrics=metrics, extra=extra)
+        log.info("%s %s -> %s: ccc(human) %.3f ccc(teacher) %.3f int8 %.0f KB", ctx.name, split.tag, test,
+                 metrics["ccc_mean"], metrics["ccc_teacher_mean"], profile["onnx_int8_kb"])
+        written.append(path)
+    return written

@@ -1,0 +1,168 @@
+"""Teacher labelling with augmentation, its per-utterance cache, and distillation losses.
+
+Students never see human labels: each training item is (utterance, augmentation
+seed) -> the teacher's unclipped A/V/D on exactly that augmented audio. Seed 0 is
+the clean audio; seeds >= 1 draw noise, gain, a crop and a speed change from
+``numpy.random.default_rng([seed, crc32(utt)])``, so the student sees the very
+waveform the teacher labelled, without storing audio. The cache is a text table
+per data dir and seed (``utt arousal valence dominance``) under a directory whose
+name hashes the teacher checkpoint and the augmentation settings.
+"""
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+from sertk.common.fileio import hash_obj, write_text_atomic
+from sertk.data.audio import read_utterance
+from sertk.data.datadir import DataDir, DataDirError
+from sertk.train.losses import ccc_loss
+
+log = logging.getLogger(__name__)
+LOSSES = ("ccc", "mse", "ccc+mse")
+
+
+@dataclass
+class AugmentConfig:
+    """Ranges of the random perturbations applied for seeds >= 1."""
+    snr_db: tuple[float, float] = (5.0, 30.0)   # white noise SNR; prob noise_p
+    noise_p: float = 0.5
+    gain_db: tuple[float, float] = (-12.0, 6.0)
+    crop: tuple[float, float] = (0.6, 1.0)      # kept fraction of the utterance; prob crop_p
+    crop_p: float = 0.5
+    speed: tuple[float, float] = (0.9, 1.1)     # resampling factor; prob speed_p
+    speed_p: float = 0.3
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "AugmentConfig":
+        d = dict(d or {})
+        known = set(cls.__dataclass_fields__)
+        bad = sorted(set(d) - known)
+        if bad:
+            raise ValueError(f"distill.augment: unknown key(s) {bad}; known: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def augment(wav: np.ndarray, sr: int, utt: str, seed: int, cfg: AugmentConfig) -> np.ndarray:
+    """The deterministic augmented copy ``seed`` of an utterance (seed 0 = unchanged)."""
+    if seed == 0:
+        return wav
+    rng = np.random.default_rng([int(seed), zlib.crc32(utt.encode())])
+    x = wav.astype(np.float32)
+    if rng.random() < cfg.crop_p and x.size > sr // 2:
+        keep = max(sr // 2, int(x.size * rng.uniform(*cfg.crop)))
+        off = int(rng.integers(0, x.size - keep + 1))
+        x = x[off:off + keep]
+    if rng.random() < cfg.speed_p:
+        factor = rng.uniform(*cfg.speed)
+        new_sr = int(round(sr / factor / 100)) * 100  # coarse grid keeps the resampling kernel small
+        if new_sr != sr:
+            x = AF.resample(torch.from_numpy(x), sr, new_sr).numpy()
+    x = x * np.float32(10 ** (rng.uniform(*cfg.gain_db) / 20))
+    if rng.random() < cfg.noise_p:
+        p = float(np.mean(x ** 2)) + 1e-12
+        snr = rng.uniform(*cfg.snr_db)
+        x = x + rng.standard_normal(x.size).astype(np.float32) * np.float32(np.sqrt(p / 10 ** (snr / 10)))
+    return x.astype(np.float32)
+
+
+def cache_dir(root: Path, teacher_digest: str, aug: AugmentConfig) -> Path:
+    """Where labels of this teacher under these augmentation settings live."""
+    return Path(root) / f"{teacher_digest[:12]}-{hash_obj(asdict(aug))[:8]}"
+
+
+def read_cache(path: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if len(parts) != 4:
+            raise ValueError(f"{path}:{n}: expected 'utt arousal valence dominance', got {line!r}")
+        out[parts[0]] = np.array([float(v) for v in parts[1:]], dtype=np.float32)
+    return out
+
+
+@torch.no_grad()
+def label_with_teacher(teacher: torch.nn.Module, datadir: str | Path, cache: Path, seeds: list[int],
+                       aug: AugmentConfig, sample_rate: int = 16000,
+                       max_duration: float | None = None) -> dict[tuple[str, int], np.ndarray]:
+    """Teacher A/V/D (sertk order, unclipped) for every (utterance, seed), computed once and cached.
+
+    ``datadir`` needs only wav.scp (unlabelled audio is fine). Missing seeds are
+    computed and written as ``<cache>/<datadir name>/seed<k>.txt``.
+    """
+    dd = DataDir.read(datadir)
+    name = Path(datadir).name
+    out: dict[tuple[str, int], np.ndarray] = {}
+    for seed in seeds:
+        path = Path(cache) / name / f"seed{seed}.txt"
+        if path.exists():
+            table = read_cache(path)
+            missing = [u for u in dd.utts if u not in table]
+            if missing:
+                raise DataDirError(f"{path}: no teacher labels for {len(missing)} utterance(s) of {datadir}, "
+                                   f"e.g. {missing[:3]} (delete the cache to relabel)")
+        else:
+            table = {}
+            teacher.eval()
+            device = next(teacher.parameters(), torch.empty(0)).device
+            for utt in dd.utts:  # one utterance at a time: no padding, as the teacher was evaluated
+                wav = teacher_input(dd, utt, seed, aug, sample_rate, max_duration)
+                table[utt] = teacher(torch.from_numpy(wav)[None].to(device)).squeeze(0).float().cpu().numpy()
+            write_text_atomic(path, "".join(f"{u} {' '.join(f'{v:.6f}' for v in table[u])}\n" for u in dd.utts))
+            log.info("teacher labels: %s seed %d (%d utterances) -> %s", name, seed, len(dd.utts), path)
+        out.update({(u, seed): table[u] for u in dd.utts})
+    return out
+
+
+def teacher_input(dd: DataDir, utt: str, seed: int, aug: AugmentConfig, sample_rate: int,
+                  max_duration: float | None) -> np.ndarray:
+    """The waveform the teacher labels and the student trains on (centre crop, then augmentation)."""
+    wav, _ = read_utterance(dd, utt, sample_rate)
+    if max_duration is not None and wav.size > int(max_duration * sample_rate):
+        n = int(max_duration * sample_rate)
+        off = (wav.size - n) // 2
+        wav = wav[off:off + n]
+    return augment(wav, sample_rate, utt, seed, aug)
+
+
+class DistillDataset(torch.utils.data.Dataset):
+    """Items ``{"utt", "wav", "avd"}`` for every (utterance, seed) with a teacher label."""
+
+    def __init__(self, datadirs: list[Path], labels: dict[tuple[str, int], np.ndarray], seeds: list[int],
+                 aug: AugmentConfig, sample_rate: int = 16000, max_duration: float | None = None):
+        self.dirs = [DataDir.read(d) for d in datadirs]
+        self.items = [(i, u, s) for i, dd in enumerate(self.dirs) for u in dd.utts for s in seeds]
+        missing = [(u, s) for _, u, s in self.items if (u, s) not in labels]
+        if missing:
+            raise DataDirError(f"DistillDataset: no teacher label for {missing[:3]} ({len(missing)} in all)")
+        self.labels, self.aug, self.sample_rate, self.max_duration = labels, aug, sample_rate, max_duration
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:  # items are fixed (utt, seed) pairs
+        pass
+
+    def __getitem__(self, i: int) -> dict:
+        d, utt, seed = self.items[i]
+        wav = teacher_input(self.dirs[d], utt, seed, self.aug, self.sample_rate, self.max_duration)
+        return {"utt": f"{utt}#s{seed}", "wav": torch.from_numpy(wav),
+                "avd": torch.from_numpy(self.labels[(utt, seed)])}
+
+
+def distill_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "ccc", mse_weight: float = 1.0) -> torch.Tensor:
+    """Student vs teacher: 1 - mean CCC ('ccc'), mean squared error ('mse'), or their sum ('ccc+mse')."""
+    if kind not in LOSSES:
+        raise ValueError(f"distill loss must be one of {LOSSES}, got {kind!r}")
+    loss = pred.new_zeros(())
+    if "ccc" in kind:
+        loss = loss + ccc_loss(pred, target)
+    if "mse" in kind:
+        loss = loss + mse_weight * torch.nn.functional.mse_loss(pred, target)
+    return loss
