@@ -12,8 +12,8 @@ import soundfile as sf
 from sertk.bin import make_synth_corpus
 from sertk.common.config import ConfigError, load_config
 from sertk.data.datadir import DataDir
-from sertk.data.synth import (acoustic_targets, caption_of, generate_corpus, plan_corpus, render_utterance,
-                              sentences_of, validate_config)
+from sertk.data.synth import (acoustic_targets, caption_of, generate_corpus, plan_corpus, plan_pool,
+                              render_utterance, sentences_of, validate_config)
 from sertk.data.synth.render import random_streams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +21,7 @@ CONFIG = ROOT / "egs/mini_emo/conf/synth.yaml"
 TINY = [f"domains.{d}.{k}" for d in ("studio", "phone")
         for k in ("speakers.train=2", "speakers.dev=2", "speakers.test=2", "utts_per_speaker=4")]
 SETS = [f"{d}_{s}" for d in ("studio", "phone") for s in ("train", "dev", "test")]
+POOL_TINY = ["pretrain.speakers=4", "pretrain.utts_per_speaker=8"]
 
 
 def tiny_config(*extra):
@@ -161,6 +162,126 @@ def test_bad_config_values_are_named(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_config(tiny_config(override))
 
+
+
+# ------------------------------------------------------------- pre-training pool
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pool")
+    cfg = tiny_config(*POOL_TINY)
+    generate_corpus(cfg, root / "audio", root / "data", nj=1, part="pretrain")
+    return cfg, root
+
+
+def test_pool_is_its_own_complete_balanced_data_dir(pool):
+    cfg, root = pool
+    assert sorted(p.name for p in (root / "data").iterdir()) == ["pretrain"]  # no evaluation set written
+    assert sorted(p.name for p in (root / "audio").iterdir()) == ["pretrain"]
+    d = DataDir.read(root / "data" / "pretrain")
+    assert len(d) == 4 * 8
+    for f in ("utt2emo", "utt2avd", "utt2gender", "utt2domain", "text", "utt2caption"):
+        assert set(d.field(f)) == set(d.utts), f"pretrain/{f} does not cover every utterance"
+    eval_speakers = {s.speaker.spk for s in plan_corpus(cfg)}
+    assert not set(d.spk2utt) & eval_speakers and all(s.startswith("pool-") for s in d.spk2utt)
+    assert set(d.field("utt2gender").values()) == {"f", "m"}
+    domains = d.field("utt2domain")
+    assert set(domains.values()) == set(cfg["pretrain"]["domains"]) == {"studio", "phone"}
+    for spk, utts in d.spk2utt.items():
+        emo = [d.utt2emo[u] for u in utts]
+        assert len({emo.count(e) for e in cfg["emotions"]}) == 1, f"{spk}: unbalanced labels {emo}"
+        dom = [domains[u] for u in utts]
+        assert dom.count("studio") == dom.count("phone"), f"{spk}: unbalanced domains {dom}"
+    for u in d.utts:
+        path = d.audio_source(u)[0]
+        assert path == str(root.resolve() / "audio" / "pretrain" / d.utt2spk[u] / f"{u}.wav")
+        assert sf.info(path).samplerate == cfg["domains"][domains[u]]["sample_rate"]
+        assert ("telephone" in d.field("utt2caption")[u]) == (domains[u] == "phone")
+    manifest = json.loads((root / "data" / "pretrain" / "synth_manifest.json").read_text())
+    assert manifest["sets"] == ["pretrain"] and manifest["part"] == "pretrain"
+
+
+def test_pool_variety_widens_the_channel():
+    specs = plan_pool(load_config(CONFIG))
+    v = load_config(CONFIG)["pretrain"]["variety"]
+    studio = [s for s in specs if s.domain == "studio"]
+    assert 0.25 < np.mean([s.rt60 is not None for s in studio]) < 0.55  # reverberant studio, rt60_prob 0.4
+    assert all(v["snr_db"][0] <= s.snr_db <= v["snr_db"][1] for s in specs)
+    assert all(v["expression"][0] <= s.expression <= v["expression"][1] for s in specs)
+    assert {s.speaker.split for s in specs} == {"pretrain"}
+
+
+def test_pool_is_identical_for_any_nj_and_second_run_is_skipped(pool, tmp_path):
+    cfg, root = pool
+    generate_corpus(cfg, tmp_path / "audio", tmp_path / "data", nj=2, part="pretrain")
+    a, b = _snapshot(root), _snapshot(tmp_path)
+    assert a.keys() == b.keys() and len(a) > 32
+    assert all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]][:3]
+    assert generate_corpus(cfg, tmp_path / "audio", tmp_path / "data", nj=2, part="pretrain") == {"skipped": True}
+
+
+def test_pool_does_not_change_the_evaluation_corpus():
+    cfg = load_config(CONFIG)
+    assert "pretrain" in cfg
+    without = {k: v for k, v in cfg.items() if k != "pretrain"}
+    assert plan_corpus(cfg) == plan_corpus(without)
+    assert plan_corpus(tiny_config(*POOL_TINY)) == plan_corpus(tiny_config("pretrain.speakers=2"))
+
+
+def _mtimes(root: Path, folder: str) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in sorted((root / folder).rglob("*")) if p.is_file()}
+
+
+def test_eval_and_pool_parts_leave_each_other_alone(tmp_path):
+    cfg = tiny_config(*POOL_TINY, *[f"domains.{d}.speakers.{s}=1" for d in ("studio", "phone")
+                                    for s in ("train", "dev", "test")])
+    out = (tmp_path / "audio", tmp_path / "data")
+    generate_corpus(cfg, *out, nj=1)
+    generate_corpus(cfg, *out, nj=1, part="pretrain")
+    pool_files = _mtimes(tmp_path, "audio/pretrain") | _mtimes(tmp_path, "data/pretrain")
+    generate_corpus(cfg, *out, nj=1, force=True)  # regenerating the evaluation sets keeps the pool
+    assert _mtimes(tmp_path, "audio/pretrain") | _mtimes(tmp_path, "data/pretrain") == pool_files
+    eval_files = _mtimes(tmp_path, "audio/studio") | _mtimes(tmp_path, "data/studio_train")
+    cfg["pretrain"]["speakers"] = 2  # a smaller pool: regenerated, stale pool wavs removed, eval untouched
+    assert generate_corpus(cfg, *out, nj=1) == {"skipped": True}
+    assert generate_corpus(cfg, *out, nj=1, part="pretrain")["utterances"] == {"pretrain": 16}
+    assert _mtimes(tmp_path, "audio/studio") | _mtimes(tmp_path, "data/studio_train") == eval_files
+    d = DataDir.read(tmp_path / "data" / "pretrain")
+    assert {str(p) for p in (tmp_path / "audio" / "pretrain").rglob("*.wav")} == {d.audio_source(u)[0]
+                                                                                  for u in d.utts}
+
+
+def test_cli_writes_the_pool_and_names_a_missing_pretrain_key(tmp_path, capsys):
+    args = ["--config", str(CONFIG), "--out-audio", str(tmp_path / "audio"), "--out-data", str(tmp_path / "data"),
+            "--nj", "1", "--part", "pretrain", "--set", "pretrain.speakers=2", "--set", "pretrain.utts_per_speaker=4"]
+    assert make_synth_corpus.main(args) == 0
+    assert len(DataDir.read(tmp_path / "data" / "pretrain")) == 8
+    assert not (tmp_path / "data" / "studio_train").exists()
+    assert make_synth_corpus.main(args + ["--set", "pretrain=null"]) == 1
+    assert "pretrain: missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, key", [
+    ("pretrain.utts_per_speaker=6", "pretrain.utts_per_speaker"),
+    ("pretrain.speakers=0", "pretrain.speakers"),
+    ("pretrain.domains=[studio,radio]", "pretrain.domains"),
+    ("pretrain.domains=[]", "pretrain.domains"),
+    ("pretrain.variety.snr_db=[45,12]", "pretrain.variety.snr_db"),
+    ("pretrain.variety.rt60_prob=1.5", "pretrain.variety.rt60_prob"),
+    ("pretrain.variety.expression=[0.5,4]", "pretrain.variety.expression"),
+    ("pretrain.variety.reverb=0.3", "pretrain.variety"),
+    ("pretrain.voices=3", "pretrain"),
+])
+def test_bad_pool_values_are_named(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config(tiny_config(override))
+
+
+def test_no_domain_may_take_the_pools_names():
+    for name in ("pool", "pretrain"):
+        cfg = tiny_config()
+        cfg["domains"][name] = cfg["domains"].pop("phone")
+        with pytest.raises(ConfigError, match=rf"domains\.{name}: .*reserved"):
+            validate_config(cfg)
 
 # ------------------------------------------------------------- acoustics
 def _studio_specs(cfg, n=6, emotion="neutral"):

@@ -30,7 +30,14 @@ SPLITS = ("train", "dev", "test")
 GENDERS = ("female", "male")
 CHANNEL_KEYS = {"snr_db", "rt60", "band", "agc", "codec", "gain_db_sd", "noise_color"}
 TOP_KEYS = {"seed", "name", "synth_rate", "duration", "avd_reference", "emotions", "variation",
-            "cues", "speakers", "lexicon", "domains"}
+            "cues", "speakers", "lexicon", "domains", "pretrain"}
+# The pre-training pool: config key, speakers' split and home, data dir and audio folder all
+# read "pretrain"; its speaker ids start with "pool-". Neither may name a domain, so that
+# the pool's ids and folders can never collide with an evaluation set's.
+POOL = "pretrain"
+POOL_PREFIX = "pool"
+POOL_KEYS = {"speakers", "utts_per_speaker", "domains", "variety"}
+VARIETY_KEYS = {"snr_db", "rt60", "rt60_prob", "expression"}
 
 
 def _fail(key: str, msg: str):
@@ -142,6 +149,8 @@ def validate_config(cfg: dict) -> dict:
         where = f"domains.{name}"
         if not str(name).replace("_", "").isalnum():
             _fail(where, "domain names must be alphanumeric (they prefix speaker and utterance ids)")
+        if name in (POOL, POOL_PREFIX):
+            _fail(where, f"'{name}' is reserved for the pre-training pool (its folders and speaker ids)")
         d = _mapping(d, where, {"sample_rate", "speakers", "utts_per_speaker", "expression", "channel"})
         sr = _num(d, "sample_rate", where, 8000, cfg["synth_rate"])
         if int(cfg["synth_rate"]) % int(sr):
@@ -149,10 +158,7 @@ def validate_config(cfg: dict) -> dict:
         sp = _mapping(d.get("speakers"), f"{where}.speakers", set(SPLITS))
         for s in SPLITS:
             _num(sp, s, f"{where}.speakers", 1)
-        n_utt = _num(d, "utts_per_speaker", where, 1)
-        if int(n_utt) % len(emotions):
-            _fail(f"{where}.utts_per_speaker", f"{int(n_utt)} is not a multiple of the {len(emotions)} emotions "
-                  "(every speaker says every emotion equally often)")
+        _utts_per_speaker(d, where, len(emotions))
         _num(d, "expression", where, 0.0, 3.0)
         ch = _mapping(d.get("channel"), f"{where}.channel", CHANNEL_KEYS)
         _pair(ch, "snr_db", f"{where}.channel")
@@ -168,4 +174,46 @@ def validate_config(cfg: dict) -> dict:
             _fail(f"{where}.channel.codec", f"unknown codec {ch.get('codec')!r}; use mulaw or null")
         if ch.get("noise_color") not in ("white", "pink", "brown"):
             _fail(f"{where}.channel.noise_color", f"expected white, pink or brown, got {ch.get('noise_color')!r}")
+    if cfg.get(POOL) is not None:
+        _validate_pool(cfg[POOL], list(domains), len(emotions))
     return cfg
+
+
+def _utts_per_speaker(node: dict, where: str, n_emotions: int) -> None:
+    n_utt = _num(node, "utts_per_speaker", where, 1)
+    if int(n_utt) % n_emotions:
+        _fail(f"{where}.utts_per_speaker", f"{int(n_utt)} is not a multiple of the {n_emotions} emotions "
+              "(every speaker says every emotion equally often)")
+
+
+def _validate_pool(pool: Any, domains: list[str], n_emotions: int) -> None:
+    """The ``pretrain`` block; ``variety`` and each of its keys are optional (absent: the domain's own)."""
+    pool = _mapping(pool, POOL, POOL_KEYS)
+    _num(pool, "speakers", POOL, 1)
+    _utts_per_speaker(pool, POOL, n_emotions)
+    names = pool.get("domains")
+    if not (isinstance(names, list) and names and len(set(map(str, names))) == len(names)):
+        _fail(f"{POOL}.domains", f"expected a non-empty list of distinct domain names, got {names!r}")
+    unknown = [n for n in names if n not in domains]
+    if unknown:
+        _fail(f"{POOL}.domains", f"unknown domain(s) {unknown}; the config has {domains}")
+    where = f"{POOL}.variety"
+    v = _mapping(pool.get("variety") or {}, where, VARIETY_KEYS)
+    if "snr_db" in v:
+        _pair(v, "snr_db", where)
+    if ("rt60" in v) != ("rt60_prob" in v):
+        _fail(f"{where}.{'rt60_prob' if 'rt60' in v else 'rt60'}", "rt60 and rt60_prob go together")
+    if "rt60" in v:
+        _pair(v, "rt60", where, lo=0.05)
+        _num(v, "rt60_prob", where, 0.0, 1.0)
+    if "expression" in v and _pair(v, "expression", where, lo=0.0)[1] > 3.0:
+        _fail(f"{where}.expression", f"values must be <= 3.0, got {v['expression']}")
+
+
+def pool_config(cfg: dict) -> dict:
+    """The validated ``pretrain`` block; a clear error when the config has none."""
+    validate_config(cfg)
+    if cfg.get(POOL) is None:
+        _fail(POOL, "missing: the pre-training pool needs a 'pretrain' block (speakers, utts_per_speaker, "
+              "domains, variety; see egs/mini_emo/conf/synth.yaml)")
+    return cfg[POOL]

@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sertk.data.synth.config import SPLITS, STYLE_KEYS
+from sertk.data.synth.config import POOL_PREFIX, SPLITS, STYLE_KEYS
 
 
 @dataclass(frozen=True)
 class SpeakerProfile:
     spk: str                 # speaker id, e.g. "studio-f03"
     gender: str              # "f" or "m"
-    domain: str
-    split: str
+    domain: str              # home domain: where the audio lives ("pretrain" for the pool's speakers)
+    split: str               # train, dev, test or pretrain
     f0_hz: float             # F0 of neutral speech
     vtl_scale: float         # formant scale (shorter tract -> higher formants)
     syllable_s: float        # neutral syllable duration
@@ -72,18 +72,27 @@ def draw_speaker(cfg: dict, spk: str, gender: str, domain: str, split: str,
                           bright, shelf, style)
 
 
+def _numbered(prefix: str, count: int, number: dict[str, int]) -> list[tuple[str, str]]:
+    """(speaker id, gender) for ``count`` speakers, genders alternating, continuing ``number``."""
+    out = []
+    for i in range(count):
+        gender = "f" if i % 2 == 0 else "m"
+        number[gender] += 1
+        out.append((f"{prefix}-{gender}{number[gender]:02d}", gender))
+    return out
+
+
 def speaker_roster(cfg: dict) -> list[tuple[str, str, str, str]]:
     """(speaker id, gender, domain, split) for every speaker, genders alternating.
 
     Speaker numbers run across domains, so no person is in two domains or two
     splits: ids are ``<domain>-<f|m><NN>``.
     """
-    roster = []
     number = {"f": 0, "m": 0}
-    for domain, d in cfg["domains"].items():
-        for split in SPLITS:
-            for i in range(int(d["speakers"][split])):
-                gender = "f" if i % 2 == 0 else "m"
-                number[gender] += 1
-                roster.append((f"{domain}-{gender}{number[gender]:02d}", gender, domain, split))
-    return roster
+    return [(spk, gender, domain, split) for domain, d in cfg["domains"].items() for split in SPLITS
+            for spk, gender in _numbered(domain, int(d["speakers"][split]), number)]
+
+
+def pool_roster(speakers: int) -> list[tuple[str, str]]:
+    """(speaker id, gender) of the pre-training pool: ``pool-<f|m><NN>``, a prefix no domain may take."""
+    return _numbered(POOL_PREFIX, speakers, {"f": 0, "m": 0})

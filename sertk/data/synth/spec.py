@@ -15,6 +15,7 @@ from sertk.data.synth.speakers import SpeakerProfile
 class UttSpec:
     utt: str
     speaker: SpeakerProfile
+    domain: str                          # recording domain (the speaker's own; drawn per utterance in the pool)
     emotion: str
     avd: tuple[float, float, float]      # labels, 0-1 scale
     intensity: float                     # how far the emotion is pushed from neutral
@@ -25,7 +26,7 @@ class UttSpec:
     cues: dict                           # cue -> {dimension: coefficient}
     voice: dict                          # the emotion's voice qualities
     utterance_sd: dict                   # per-utterance wobble not tied to the labels
-    expression: float                    # the domain's expression strength
+    expression: float                    # expression strength (the domain's, or the pool's draw)
     channel: dict                        # the domain's channel settings
     snr_db: float                        # this utterance's channel draws
     rt60: float | None
@@ -33,7 +34,3 @@ class UttSpec:
     synth_rate: int
     sample_rate: int                     # rate of the written file
     duration: tuple[float, float]
-
-    @property
-    def domain(self) -> str:
-        return self.speaker.domain
