@@ -8,17 +8,23 @@ is reused::
 
     dump/encoder_feats/<key>/<set>/feats.safetensors   # one [T, D] tensor per utterance
     dump/encoder_feats/<key>/<set>/meta.json           # what the key stands for
+
+``frozen_encoder`` builds the encoder and the weights digest the key needs and
+``encoder_features`` reads (or fills) the entry: SELM and the linear probe
+share them, so the same encoder layer over the same data is computed once.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from sertk.common.fileio import atomic_path, hash_obj, hash_paths, write_json_atomic
+from sertk.common.fileio import atomic_path, hash_obj, hash_paths, sha256_file, write_json_atomic
 from sertk.data.dataset import AudioDataset, collate_audio
+from sertk.models.encoder import SpeechEncoder
 
 log = logging.getLogger(__name__)
 DATA_FILES = ("wav.scp", "segments", "utt2spk")
@@ -72,3 +78,48 @@ def cached_features(root: str | Path, key: str, set_name: str, encoder: torch.nn
         save_file(feats, str(tmp))
     write_json_atomic(d / "meta.json", {"set": set_name, "key": key, "utterances": len(feats), **(meta or {})})
     return feats
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """sha256 over a module's named tensors: the cache key of weights that have no file."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def frozen_encoder(spec: dict, seed: int = 0, weights: str | Path | None = None) -> tuple[SpeechEncoder, str]:
+    """A frozen SpeechEncoder for ``spec`` and the digest of its weights, for ``cache_key``.
+
+    Built under ``seed``, so a randomly initialised (or partly initialised) encoder
+    is the same in train and evaluate. ``weights`` (a safetensors file whose
+    ``encoder.*`` tensors are this encoder, e.g. another experiment's
+    best.safetensors) replaces the built weights and its file digest is the key;
+    otherwise the key is the digest of the state, which changes with a new init
+    or a new hub revision.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(int(seed))
+        encoder = SpeechEncoder({**spec, "freeze": True})
+    if weights is not None:
+        state = {k[len("encoder."):]: v for k, v in load_file(str(weights)).items() if k.startswith("encoder.")}
+        if not state:
+            raise ValueError(f"{weights}: holds no 'encoder.*' weights")
+        encoder.load_state_dict(state, strict=True)
+        digest = sha256_file(weights)
+    else:
+        digest = state_digest(encoder)
+    encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder, digest
+
+
+def encoder_features(root: str | Path, encoder: torch.nn.Module, spec: dict, weights_digest: str | None,
+                     dataset: AudioDataset, set_name: str, batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """``cached_features`` of a frozen encoder over a data dir's dataset, keyed on all that shapes them."""
+    datadir = dataset.datadir.path
+    key = cache_key(spec, weights_digest, datadir, dataset.sample_rate, dataset.max_duration)
+    meta = {"encoder": spec, "weights_sha256": weights_digest, "data": str(datadir)}
+    return cached_features(root, key, set_name, encoder, dataset, meta, batch_size=batch_size)

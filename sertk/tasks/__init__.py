@@ -17,6 +17,7 @@ TASKS = {
     "selm": "sertk.tasks.selm",
     "teacher": "sertk.tasks.teacher",
     "distill": "sertk.tasks.distill",
+    "probe": "sertk.tasks.probe",
 }
 
 

@@ -40,12 +40,48 @@ def speaker_normalize(x: np.ndarray, speakers: list[str]) -> np.ndarray:
     return out
 
 
-def _standardize(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, m: dict) -> np.ndarray:
+def standardize(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, clip: float | None = 5.0) -> np.ndarray:
     """z-scores clipped to +-clip: one functional that explodes on one utterance
     (a normalised std whose mean is near zero) must not swamp a linear model."""
-    clip = m.get("clip", 5.0)
     xs = (x - mean) / scale
     return np.clip(xs, -clip, clip) if clip else xs
+
+
+def fit_logreg(x: np.ndarray, y: np.ndarray, clip: float | None = 5.0, seed: int | None = None,
+               **lr_kwargs) -> dict[str, np.ndarray]:
+    """Standardise + logistic regression, returned as plain arrays (saved as npz, never pickled)."""
+    scaler = StandardScaler().fit(x)
+    clf = LogisticRegression(random_state=seed, **lr_kwargs).fit(standardize(x, scaler.mean_, scaler.scale_, clip), y)
+    return {"mean": scaler.mean_, "scale": scaler.scale_, "classes": clf.classes_,
+            "coef": clf.coef_, "intercept": clf.intercept_}
+
+
+def logreg_predict(xs: np.ndarray, z, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted label indices and posteriors over all ``num_labels`` (a class absent in training gets 0)."""
+    logits = xs @ z["coef"].T + z["intercept"]
+    if logits.shape[1] == 1:  # binary logistic regression has one column: the second class's logit
+        logits = np.concatenate([np.zeros_like(logits), logits], 1)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    probs = np.zeros((len(xs), num_labels))
+    probs[:, z["classes"]] = p / p.sum(1, keepdims=True)
+    return z["classes"][logits.argmax(1)], probs
+
+
+def write_classification(outdir: Path, ctx: TaskContext, protocol: dict, utts: list[str], gold: list[str],
+                         pred: list[str], labels: list[str], extra: dict, n_boot: int = 1000,
+                         probs: np.ndarray | None = None) -> tuple[Path, dict]:
+    """One test set's metrics (+ UAR bootstrap CI), predictions.txt, scores.txt (posteriors, when given)
+    and results.json: the files the report and score fusion read."""
+    metrics = classification_metrics(gold, pred, labels)
+    metrics["uar_ci"] = list(bootstrap_ci(gold, pred, "uar", n_boot=n_boot))
+    write_text_atomic(outdir / "predictions.txt", "".join(f"{u} {p}\n" for u, p in zip(utts, pred)))
+    if probs is not None:
+        write_text_atomic(outdir / "scores.txt", "# utt " + " ".join(labels) + "\n" + "".join(
+            f"{u} {' '.join(f'{v:.5f}' for v in row)}\n" for u, row in zip(utts, probs)))
+    path = outdir / "results.json"
+    write_result(path, stage=ctx.stage, name=ctx.name, task="classification", protocol=protocol,
+                 metrics=metrics, labels=labels, confusion=metrics["confusion"], extra=extra)
+    return path, metrics
 
 
 def load_set(ctx: TaskContext, set_name: str, speaker_norm: bool):
@@ -68,13 +104,10 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     m = cfg.get("model", {})
     labels = LabelMap.load(cfg.get("label_map") or split.label_map)
     d, utts, x = load_set(ctx, split.train, m.get("speaker_norm", False))
-    scaler = StandardScaler().fit(x)
-    xs = _standardize(x, scaler.mean_, scaler.scale_, m)
     y = np.array([labels.index(labels.canonical(d.utt2emo[u])) for u in utts])
-    clf = LogisticRegression(C=m.get("C", 1.0), max_iter=m.get("max_iter", 5000),
-                             class_weight=m.get("class_weight", "balanced")).fit(xs, y)
-    arrays = {"mean": scaler.mean_, "scale": scaler.scale_, "classes": clf.classes_,
-              "coef": clf.coef_, "intercept": clf.intercept_}
+    arrays = fit_logreg(x, y, m.get("clip", 5.0), C=m.get("C", 1.0), max_iter=m.get("max_iter", 5000),
+                        class_weight=m.get("class_weight", "balanced"))
+    xs = standardize(x, arrays["mean"], arrays["scale"], m.get("clip", 5.0))
     if d.has("utt2avd") and m.get("regression", True):
         avd = np.array([d.utt2avd[u] for u in utts])
         ridge = Ridge(alpha=m.get("ridge_alpha", 10.0)).fit(xs, avd)
@@ -84,7 +117,7 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, labels=np.array(labels.labels), **arrays)
     write_text_atomic(ctx.expdir / "model.yaml", f"task: egemaps_linear\nspeaker_norm: {bool(m.get('speaker_norm', False))}\n")
-    train_acc = float((clf.predict(xs) == y).mean())
+    train_acc = float((logreg_predict(xs, arrays, len(labels.labels))[0] == y).mean())
     log.info("%s %s: trained on %d utterances, train accuracy %.3f", ctx.name, split.tag, len(y), train_acc)
 
 
@@ -95,23 +128,14 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
     written = []
     for test in split.tests:
         d, utts, x = load_set(ctx, test, m.get("speaker_norm", False))
-        xs = _standardize(x, z["mean"], z["scale"], m)
-        logits = xs @ z["coef"].T + z["intercept"]
-        if logits.shape[1] == 1:  # binary logistic regression has one column
-            logits = np.concatenate([-logits, logits], 1)
-        pred_idx = z["classes"][logits.argmax(1)]
-        pred = [labels.labels[i] for i in pred_idx]
+        xs = standardize(x, z["mean"], z["scale"], m.get("clip", 5.0))
+        pred = [labels.labels[i] for i in logreg_predict(xs, z, len(labels.labels))[0]]
         gold = [labels.canonical(d.utt2emo[u]) for u in utts]
-        metrics = classification_metrics(gold, pred, labels.labels)
-        metrics["uar_ci"] = list(bootstrap_ci(
-            gold, pred, "uar", n_boot=cfg.get("eval", {}).get("bootstrap", 1000)))
         outdir = ctx.expdir / "eval" / test
         protocol = split.record(test, ctx.data)
-        write_text_atomic(outdir / "predictions.txt", "".join(f"{u} {p}\n" for u, p in zip(utts, pred)))
-        path = outdir / "results.json"
-        write_result(path, stage=ctx.stage, name=ctx.name, task="classification", protocol=protocol,
-                     metrics=metrics, labels=labels.labels, confusion=metrics["confusion"],
-                     extra={"fold": split.fold, "baseline": bool(cfg.get("baseline"))})
+        path, metrics = write_classification(outdir, ctx, protocol, utts, gold, pred, labels.labels,
+                                             {"fold": split.fold, "baseline": bool(cfg.get("baseline"))},
+                                             cfg.get("eval", {}).get("bootstrap", 1000))
         written.append(path)
         if "ridge_coef" in z.files and d.has("utt2avd"):
             avd_pred = xs @ z["ridge_coef"].T + z["ridge_intercept"]

@@ -16,7 +16,6 @@ best.safetensors), which makes a like-for-like comparison with that baseline.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import random
 from pathlib import Path
@@ -24,16 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from sertk.common.fileio import sha256_file, write_text_atomic
+from sertk.common.fileio import write_text_atomic
 from sertk.common.protocol import Split
 from sertk.data.dataset import AudioDataset, collate_audio
 from sertk.data.labels import LabelMap
 from sertk.eval.metrics import bootstrap_ci, classification_metrics
 from sertk.eval.results import load_result, write_result
-from sertk.features.embedding_cache import cache_key, cached_features
+from sertk.features.embedding_cache import encoder_features, frozen_encoder
 from sertk.models.encoder import SpeechEncoder
 from sertk.models.selm import SELM, build_lm, encode_example
 from sertk.models.text_tokenizer import HFTokenizer, SentencePieceTokenizer, TextTokenizer, load_tokenizer
@@ -128,32 +126,9 @@ def _encoder_source(cfg: dict, split: Split) -> tuple[dict, Path | None]:
     return {**spec, "freeze": True}, weights
 
 
-def state_digest(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def build_encoder(cfg: dict, split: Split) -> tuple[SpeechEncoder, dict, str | None]:
     spec, weights = _encoder_source(cfg, split)
-    # seeded: a randomly initialised (or partly initialised) encoder is the same in train and evaluate
-    with torch.random.fork_rng():
-        torch.manual_seed(int((cfg.get("train") or {}).get("seed", 0)))
-        encoder = SpeechEncoder(spec)
-    digest = None
-    if weights is not None:
-        state = {k[len("encoder."):]: v for k, v in load_file(str(weights)).items() if k.startswith("encoder.")}
-        if not state:
-            raise ValueError(f"{weights}: holds no 'encoder.*' weights")
-        encoder.load_state_dict(state, strict=True)
-        digest = sha256_file(weights)
-    else:  # the cache key must change whenever the weights do (new init, new hub revision)
-        digest = state_digest(encoder)
-    encoder.eval()
-    for p in encoder.parameters():
-        p.requires_grad_(False)
+    encoder, digest = frozen_encoder(spec, int((cfg.get("train") or {}).get("seed", 0)), weights)
     return encoder, spec, digest
 
 
@@ -257,12 +232,8 @@ class _Env:
         ds = self.audio(set_name)
         if not self.use_cache:
             return ds
-        key = cache_key(self.encoder_spec, self.weights_digest, self.ctx.datadir(set_name), self.ctx.sample_rate,
-                        self.max_duration)
-        meta = {"encoder": self.encoder_spec, "weights_sha256": self.weights_digest,
-                "data": str(self.ctx.datadir(set_name))}
-        return cached_features(self.ctx.dump / "encoder_feats", key, set_name, self.encoder, ds, meta,
-                               batch_size=(self.cfg.get("data") or {}).get("cache_batch_size", 8))
+        return encoder_features(self.ctx.dump / "encoder_feats", self.encoder, self.encoder_spec, self.weights_digest,
+                                ds, set_name, batch_size=(self.cfg.get("data") or {}).get("cache_batch_size", 8))
 
     def dataset(self, set_name: str, tokenizer: TextTokenizer, views: dict[str, View], only=None,
                 utts: list[str] | None = None) -> ViewExamples:

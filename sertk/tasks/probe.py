@@ -1,0 +1,154 @@
+"""Linear probe (stages 3-4): logistic regression on one layer of a frozen speech encoder.
+
+Measures how linearly a layer's features separate the emotion classes, so
+encoders and layers can be compared without fine-tuning. The layer's frame
+features are cached per data dir under ``<dump>/encoder_feats``
+(sertk.features.embedding_cache, shared with SELM: a second run, or another
+C, never runs the encoder again), pooled over the valid frames of each
+utterance (``mean`` or ``mean+std``), optionally z-normalised per speaker,
+standardised and fed to a multinomial logistic regression (the eGeMAPS
+baseline's code, without its clipping). ``layer: weighted`` is the plain
+average of all layers here, since nothing trains the weights.
+
+Per split the experiment dir holds ``model.npz`` (scaler, coef, intercept,
+classes: plain arrays, never pickled), ``model.yaml`` (encoder spec, layer,
+pooling, labels, dev UAR) and per test set
+``eval/<set>/{results.json,predictions.txt,scores.txt}``; results.json's
+``extra.encoder`` / ``extra.layer`` let a report line probes up by encoder.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from sertk.common.fileio import atomic_path, write_text_atomic
+from sertk.common.protocol import Split
+from sertk.data.dataset import AudioDataset
+from sertk.data.labels import LabelMap
+from sertk.eval.metrics import classification_metrics
+from sertk.features.embedding_cache import encoder_features, frozen_encoder
+from sertk.models.heads import build_pooling
+from sertk.tasks import TaskContext, reject_unknown
+from sertk.tasks.egemaps_linear import fit_logreg, logreg_predict, speaker_normalize, standardize, write_classification
+
+log = logging.getLogger(__name__)
+POOLINGS = {"mean": "mean", "mean+std": "meanstd"}  # config name -> sertk.models.heads name
+ENCODER_KEYS = {"name_or_path", "revision", "kwargs", "type", "config", "layer", "normalize", "freeze"}
+
+
+def check_config(cfg: dict, where: str) -> None:
+    reject_unknown(cfg, {"task", "model", "data", "eval", "label_map", "baseline"}, where)
+    m = cfg.get("model") or {}
+    reject_unknown(m, {"encoder", "pooling", "C", "max_iter", "class_weight", "speaker_norm", "seed"},
+                   f"{where}: model")
+    enc = m.get("encoder") or {}
+    reject_unknown(enc, ENCODER_KEYS, f"{where}: model.encoder")
+    if not (enc.get("name_or_path") or enc.get("type")):
+        raise ValueError(f"{where}: model.encoder needs name_or_path or type+config")
+    if enc.get("freeze", True) is not True:
+        raise ValueError(f"{where}: model.encoder.freeze: a probe's encoder is always frozen")
+    if m.get("pooling", "mean") not in POOLINGS:
+        raise ValueError(f"{where}: model.pooling must be one of {sorted(POOLINGS)}")
+    reject_unknown(cfg.get("data") or {}, {"max_duration", "cache_batch_size"}, f"{where}: data")
+    reject_unknown(cfg.get("eval") or {}, {"bootstrap"}, f"{where}: eval")
+    if not enc.get("name_or_path"):  # local configs are built for real; hub/zoo ones are not fetched
+        encoder, _ = frozen_encoder(enc, _seed(cfg))
+        _check_layer(encoder, enc.get("layer", "last"), where)
+
+
+def _check_layer(encoder, layer, where: str) -> None:
+    """An out-of-range layer would only fail inside the encoder's first batch."""
+    n = encoder.model.config.num_hidden_layers + 1
+    if layer not in ("last", "weighted") and not (isinstance(layer, int) and -n <= layer < n):
+        raise ValueError(f"{where}: model.encoder.layer {layer!r}: use last, weighted or an int in [0, {n})")
+
+
+def _seed(cfg: dict) -> int:
+    return int(cfg["model"].get("seed", 0))
+
+
+def _labels(cfg: dict, split: Split) -> LabelMap:
+    return LabelMap.load(cfg.get("label_map") or split.label_map)
+
+
+class _Features:
+    """The frozen encoder (built once, seeded) and the pooled utterance features of any set."""
+
+    def __init__(self, cfg: dict, ctx: TaskContext):
+        self.cfg, self.ctx = cfg, ctx
+        self.m = cfg["model"]
+        self.spec = {**self.m["encoder"], "freeze": True}  # as SELM's spec: both share one cache entry
+        self.encoder, self.digest = frozen_encoder(self.spec, _seed(cfg))
+        self.pool, _ = build_pooling(POOLINGS[self.m.get("pooling", "mean")], self.encoder.hidden_size)
+
+    def pooled(self, set_name: str):
+        """(data dir, utterances, [N, D] float64): cached frames pooled per utterance."""
+        d = self.cfg.get("data") or {}
+        ds = AudioDataset(self.ctx.datadir(set_name), sample_rate=self.ctx.sample_rate, label_map=None,
+                          targets=(), max_duration=d.get("max_duration"))
+        feats = encoder_features(self.ctx.dump / "encoder_feats", self.encoder, self.spec, self.digest, ds,
+                                 set_name, batch_size=d.get("cache_batch_size", 8))
+        with torch.no_grad():  # cached features hold only valid frames: every frame counts
+            x = np.stack([self.pool(feats[u][None], torch.tensor([len(feats[u])]))[0].numpy() for u in ds.utts])
+        x = x.astype(np.float64)
+        if self.m.get("speaker_norm", False):
+            x = speaker_normalize(x, [ds.datadir.utt2spk[u] for u in ds.utts])
+        return ds.datadir, ds.utts, x
+
+    def predict(self, z, set_name: str, labels: LabelMap):
+        """(utterances, gold, predicted labels, posteriors [N, num labels]) of a set."""
+        d, utts, x = self.pooled(set_name)
+        idx, probs = logreg_predict(standardize(x, z["mean"], z["scale"], None), z, len(labels.labels))
+        gold = [labels.canonical(d.utt2emo[u]) for u in utts]
+        return utts, gold, [labels.labels[i] for i in idx], probs
+
+    def record(self) -> dict:
+        """What results.json's extra names the probed encoder by."""
+        return {"encoder": self.spec.get("name_or_path") or self.spec.get("type"),
+                "layer": self.spec.get("layer", "last")}
+
+
+def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
+    m = cfg["model"]
+    labels = _labels(cfg, split)
+    feats = _Features(cfg, ctx)
+    d, utts, x = feats.pooled(split.train)
+    y = np.array([labels.index(labels.canonical(d.utt2emo[u])) for u in utts])
+    arrays = fit_logreg(x, y, None, _seed(cfg), C=m.get("C", 1.0), max_iter=m.get("max_iter", 5000),
+                        class_weight=m.get("class_weight", "balanced"))
+    ctx.expdir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(ctx.expdir / "model.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, labels=np.array(labels.labels), **arrays)
+    dev_uar = None
+    if split.dev:
+        _, gold, pred, _ = feats.predict(arrays, split.dev, labels)
+        dev_uar = float(classification_metrics(gold, pred, labels.labels)["uar"])
+    info = {"task": "probe", "encoder": feats.spec, "encoder_weights_sha256": feats.digest,
+            "layer": feats.record()["layer"], "pooling": m.get("pooling", "mean"),
+            "speaker_norm": bool(m.get("speaker_norm", False)), "feature_dim": int(x.shape[1]),
+            "labels": labels.labels, "train_utterances": len(utts), "dev_uar": dev_uar}
+    write_text_atomic(ctx.expdir / "model.yaml", yaml.safe_dump(info, sort_keys=False))
+    log.info("%s %s: probe of %s layer %s on %d utterances, dev UAR %s", ctx.name, split.tag,
+             feats.record()["encoder"], info["layer"], len(utts), "n/a" if dev_uar is None else f"{dev_uar:.4f}")
+
+
+def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
+    labels = _labels(cfg, split)
+    feats = _Features(cfg, ctx)
+    z = np.load(ctx.expdir / "model.npz")
+    extra = {"fold": split.fold, "baseline": bool(cfg.get("baseline")), **feats.record(),
+             "model_dir": str(ctx.expdir)}
+    written = []
+    for test in split.tests:
+        utts, gold, pred, probs = feats.predict(z, test, labels)
+        path, metrics = write_classification(ctx.expdir / "eval" / test, ctx, split.record(test, ctx.data), utts,
+                                             gold, pred, labels.labels, extra,
+                                             (cfg.get("eval") or {}).get("bootstrap", 1000), probs)
+        written.append(path)
+        log.info("%s %s -> %s: UAR %.4f WA %.4f", ctx.name, split.tag, test, metrics["uar"], metrics["wa"])
+    return written
