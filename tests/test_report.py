@@ -188,3 +188,25 @@ def test_empty_experiment_gives_a_report_saying_so(tmp_path):
     (tmp_path / "exp").mkdir()
     text = write_report(tmp_path / "exp", tmp_path / "RESULTS.md", "t")
     assert "No results.json found" in text
+
+
+def test_a_model_that_did_not_learn_is_marked(tmp_path):
+    root = tmp_path / "exp"
+    write_classification(root / "clf/studio/eval/phone_test/results.json", "clf", protocol(), seed=1,
+                         extra={"fold": None, "collapsed": True})
+    for k in (1, 2):  # one fold's model collapsed: the fold row is marked
+        proto = protocol(train=f"fold{k}_train", test=f"fold{k}_test", protocol="loso", fold=k,
+                         scheme="leave-one-session-out", hash=f"{k}" * 12)
+        write_classification(root / f"clf/loso/fold{k}/eval/fold{k}_test/results.json", "clf_loso", proto,
+                             seed=k, extra={"fold": k, "collapsed": k == 2})
+    gold = np.random.default_rng(0).normal(size=(40, 3))
+    reg = regression_metrics(np.zeros((40, 3)), gold, ["arousal", "valence", "dominance"])
+    for name, collapsed in (("teacher", True), ("wav2small", False)):
+        write_result(root / f"{name}/studio/eval/phone_test/results.json", stage=8, name=name, task="regression",
+                     protocol=protocol(), metrics=reg, extra={"fold": None, "collapsed": collapsed})
+    text = write_report(root, tmp_path / "RESULTS.md", "t")
+    names = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines() if line.startswith("| ")
+             and not line.startswith(("| result", "| ---"))]
+    assert names == ["clf (did not learn)", "clf_loso (did not learn)", "teacher (did not learn)", "wav2small"]
+    note = "*(did not learn)*: in training, the model's dev selection metric never rose above chance"
+    assert text.count(note) == 2  # once under each table that has a marked row

@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from sertk.common.config import ConfigError
 from sertk.train import (CheckpointError, TrainConfig, Trainer, TrainError, ccc_loss, default_batches, masked_ce)
+from sertk.train.trainer import chance_level, constant_outputs
 
 from _ddp_worker import Regression, collate, make_model, mse_loss, train_once
 
@@ -297,3 +299,81 @@ def test_nonfinite_loss_stops_training_with_a_clear_error(tmp_path):
                 TrainConfig.from_dict({"epochs": 1, "batch_size": 8, "progress": False}), tmp_path)
     with pytest.raises(TrainError, match="non-finite in epoch 1"):
         t.fit()
+
+
+# ------------------------------------------------------------ did not learn --
+
+def _scored_run(tmp_path, scores, chance=None, metric="uar"):
+    """A run whose dev ``metric`` follows ``scores`` (floats, or dicts of dev figures), one epoch each."""
+    scores = iter(scores)
+
+    def evaluate(model, loader):
+        s = next(scores)
+        return s if isinstance(s, dict) else {metric: s}
+
+    cfg = TrainConfig.from_dict({"epochs": 3, "batch_size": 8, "select_metric": metric, "select_mode": "max",
+                                 "progress": False})
+    return Trainer(make_model(), Regression(16), Regression(8, seed=5), collate, mse_loss, evaluate, cfg, tmp_path,
+                   **(chance_level(metric, 4) if chance is None else chance)).fit()
+
+
+def test_a_metric_stuck_at_chance_is_reported_as_not_learned(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="sertk.train"):
+        summary = _scored_run(tmp_path, [0.25, 0.262, 0.24])  # UAR of 4 classes never above 0.25 + 0.02
+    reason = "dev uar never above chance 0.25 (+0.02) in 3 epochs"
+    assert summary["collapsed"] and summary["collapse_reason"] == reason
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["collapsed"] is True and best["collapse_reason"] == reason and best["epoch"] == 2
+    assert [r.levelname for r in caplog.records if "did not learn" in r.getMessage()] == ["WARNING"]
+    assert f"{tmp_path}: training did not learn: {reason}" in caplog.text
+    assert f"training did not learn: {reason}" in (tmp_path / "log/train.log").read_text()
+
+
+def test_a_rising_metric_learned_and_constant_outputs_did_not(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="sertk.train"):
+        summary = _scored_run(tmp_path / "rising", [0.25, 0.31, 0.4])
+    assert not summary["collapsed"] and summary["collapse_reason"] is None
+    assert json.loads((tmp_path / "rising/best.json").read_text())["collapsed"] is False
+    assert "did not learn" not in caplog.text
+    # CCC far above chance, but the selected epoch gave every dev item the same output
+    const = _scored_run(tmp_path / "const", [{"ccc_mean": 0.1, "constant_outputs": 0.0},
+                                             {"ccc_mean": 0.6, "constant_outputs": 1.0},
+                                             {"ccc_mean": 0.2, "constant_outputs": 0.0}], metric="ccc_mean")
+    assert const["collapsed"] and const["collapse_reason"] == "dev outputs of the selected epoch 2 were constant"
+    # no chance level known (or no dev set): no verdict
+    assert not _scored_run(tmp_path / "wa", [0.0, 0.0, 0.0], chance={}, metric="wa")["collapsed"]
+
+
+def test_chance_level_and_constant_outputs():
+    assert chance_level("uar", 5) == {"chance_metric": 0.2, "chance_margin": 0.02}
+    assert chance_level("ccc_teacher_mean") == {"chance_metric": 0.0, "chance_margin": 0.05}
+    assert chance_level("loss") == {} and chance_level("uar") == {}
+    assert constant_outputs(np.ones((5, 3))) == 1.0 and constant_outputs(np.zeros(4)) == 1.0
+    assert constant_outputs(np.array([[0.1, 0.2], [0.1, 0.3]])) == 0.0 and constant_outputs(np.ones((1, 3))) == 0.0
+
+
+def test_distill_refuses_a_teacher_that_did_not_learn(tmp_path):
+    import yaml
+
+    from sertk.common.protocol import Split
+    from sertk.tasks import TaskContext, check_config
+    from sertk.tasks import distill
+
+    tdir = tmp_path / "exp/teacher/p"
+    tdir.mkdir(parents=True)
+    members = [{"name": "dawn", "spec": {"backbone": {}}, "collapsed": True,
+                "collapse_reason": "dev ccc_mean never above chance 0 (+0.05) in 6 epochs"},
+               {"name": "released", "spec": {"pretrained": "x"}}]
+    (tdir / "teacher.yaml").write_text(yaml.safe_dump({"task": "teacher", "members": members, "collapsed": True}))
+    cfg = {"task": "distill", "teacher": str(tmp_path / "exp/teacher"), "student": {"type": "wav2small", "channels": 8},
+           "train": {"epochs": 1, "progress": False}}
+    split = Split(corpus="toy", protocol="p", scheme="s", train="train", dev="dev", tests=["test"], label_map=None)
+    ctx = TaskContext(tmp_path / "data", tmp_path / "dump", tmp_path / "exp/student/p", "w2s", 7)
+    with pytest.raises(RuntimeError, match=rf"{tdir}: the teacher did not learn: dawn \(dev ccc_mean never above "
+                                           r"chance 0 \(\+0\.05\) in 6 epochs\).*allow_collapsed_teacher: true"):
+        distill.train(cfg, split, ctx)
+    allowed = {**cfg, "distill": {"allow_collapsed_teacher": True}}
+    check_config(allowed, "student")
+    distill.check_teacher(allowed, tdir)  # allowed: a warning, no error
+    with pytest.raises(ValueError, match="allow_collapsed_teacher must be true or false"):
+        check_config({**cfg, "distill": {"allow_collapsed_teacher": "yes"}}, "student")

@@ -4,7 +4,8 @@ One section per recipe stage that produced results (stage numbers are the
 contract of DESIGN.md), one table per task kind inside it. Every row names its
 protocol; fold results are aggregated to mean ± std; every classification
 row carries its majority-class and chance figures, so no number is read
-without the floor it has to beat.
+without the floor it has to beat. A model whose training did not learn
+(``extra.collapsed``, from its model.yaml) is marked in its row's name.
 """
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ STAGE_GROUPS = [
     ("Stage 10: acoustic concept tokens", (10,)),
 ]
 BASELINES = "Baselines"
+COLLAPSED = " (did not learn)"
+COLLAPSED_NOTE = (f"*{COLLAPSED.strip()}*: in training, the model's dev selection metric never rose above chance "
+                  "(or its dev outputs were constant), so its figures are no evidence of learning; "
+                  "`collapse_reason` in its model.yaml / teacher.yaml says why. A fold row is marked when any "
+                  "fold's model is.")
 
 
 @dataclass
@@ -51,6 +57,12 @@ class Row:
     std: dict = field(default_factory=dict)           # fold std, same layout as metrics
     section: str = ""                                 # RESULTS.md section (see group_title)
     plot: Path | None = None
+    collapsed: bool = False                           # the model (of any fold) did not learn
+
+    @property
+    def label(self) -> str:
+        """The row's name as the tables show it: marked when the model did not learn."""
+        return self.name + (COLLAPSED if self.collapsed else "")
 
     @property
     def short_protocol(self) -> str:
@@ -88,10 +100,14 @@ def _confusion_of(record: dict):
     return c if c is not None else record["metrics"].get("confusion")
 
 
+def _collapsed(record: dict) -> bool:
+    return bool((record.get("extra") or {}).get("collapsed"))
+
+
 def _single_row(r: dict) -> Row:
     return Row(stage=r["stage"], name=r["name"], task=r["task"], protocol=r["protocol"],
                protocol_id=r["protocol_id"], metrics=r["metrics"], labels=r.get("labels"),
-               confusion=_confusion_of(r), paths=[r["path"]])
+               confusion=_confusion_of(r), paths=[r["path"]], collapsed=_collapsed(r))
 
 
 def _fold_key(r: dict) -> tuple:
@@ -167,7 +183,7 @@ def _fold_row(members: list[dict]) -> Row:
     return Row(stage=first["stage"], name=first["name"], task=first["task"], protocol=protocol,
                protocol_id=pid, metrics=mean, labels=first.get("labels"), confusion=agg.get("confusion"),
                paths=[r["path"] for r in members], folds=folds, std=agg["std"],
-               fold_ids=[r["protocol_id"] for r in members])
+               fold_ids=[r["protocol_id"] for r in members], collapsed=any(_collapsed(r) for r in members))
 
 
 def build_rows(records: list[dict]) -> list[Row]:
@@ -221,7 +237,7 @@ def _classification_table(rows: list[Row], out_dir: Path) -> str:
     body = []
     for r in rows:
         link = f"[png]({Path(os.path.relpath(r.plot.resolve(), out_dir)).as_posix()})" if r.plot else "–"
-        body.append([r.name, r.short_protocol, _num(r.metrics.get("n")), _cell(r, "uar"), _cell(r, "wa"),
+        body.append([r.label, r.short_protocol, _num(r.metrics.get("n")), _cell(r, "uar"), _cell(r, "wa"),
                      _cell(r, "macro_f1"), _pair(r, "majority_uar", "majority_wa"),
                      _pair(r, "chance_uar", "chance_wa"), link])
     return _table(["result", "protocol", "n", "UAR", "WA", "macro-F1", "majority UAR / WA",
@@ -243,20 +259,20 @@ def _dims(rows: list[Row]) -> list[str]:
 
 def _regression_table(rows: list[Row]) -> str:
     dims = _dims(rows)
-    body = [[r.name, r.short_protocol, _num(r.metrics.get("n"))] + [_cell(r, "ccc", d) for d in dims]
+    body = [[r.label, r.short_protocol, _num(r.metrics.get("n"))] + [_cell(r, "ccc", d) for d in dims]
             + [_cell(r, "ccc_mean")] for r in rows]
     table = _table(["result", "protocol", "n"] + [f"CCC {d}" for d in dims] + ["mean CCC"], body) + (
         "\n\nCCC 1 is perfect agreement; any constant prediction scores CCC 0.")
     if has_students([r.metrics for r in rows]):  # stage 8: deployment figures of each student
         table += "\n\nStudents (int8 ONNX):\n\n" + students_table(
-            [(r.name, r.short_protocol, r.metrics) for r in rows])
+            [(r.label, r.short_protocol, r.metrics) for r in rows])
     return table
 
 
 def _generic_table(rows: list[Row]) -> str:
     keys = sorted({k for r in rows for k, v in r.metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"})
-    body = [[r.name, r.short_protocol, _num(r.metrics.get("n"))] + [_cell(r, k) for k in keys] for r in rows]
+    body = [[r.label, r.short_protocol, _num(r.metrics.get("n"))] + [_cell(r, k) for k in keys] for r in rows]
     return _table(["result", "protocol", "n"] + keys, body)
 
 
@@ -270,7 +286,7 @@ def _plot_rows(rows: list[Row], plot_dir: Path) -> None:
         head = r.protocol.get("protocol") or r.protocol["scheme"]
         tail = "folds" if r.folds else str(r.protocol["test"])
         fname = f"stage{r.stage}_{slug(r.name)}_{slug(str(head))}_{slug(tail)}_{protocol_hash_of(r.protocol_id)}.png"
-        title = f"{r.name}: {r.short_protocol}" + (" (summed over folds)" if r.folds else "")
+        title = f"{r.label}: {r.short_protocol}" + (" (summed over folds)" if r.folds else "")
         r.plot = plot_confusion(r.confusion, labels, plot_dir / fname, title)
 
 
@@ -300,6 +316,8 @@ def render(rows: list[Row], title: str, exp_root: Path, out_dir: Path, n_files: 
                 lines.append(_regression_table(rs))
             else:
                 lines.append(_generic_table(rs))
+            if any(r.collapsed for r in rs):
+                lines += ["", COLLAPSED_NOTE]
             lines += ["", "Protocols:", ""]
             listed = set()
             for r in rs:

@@ -25,6 +25,26 @@ def build_encoder(spec: dict) -> nn.Module:
     return AutoModel.from_config(config)
 
 
+def checkpoint_normalizes(spec: dict) -> bool:
+    """Whether the checkpoint's own feature extractor normalises each waveform (``do_normalize``);
+    True for local configs and checkpoints without one (wav2vec 2.0's default)."""
+    if not spec.get("name_or_path"):
+        return True
+    from transformers import AutoFeatureExtractor
+    try:
+        fe = AutoFeatureExtractor.from_pretrained(spec["name_or_path"], revision=spec.get("revision"))
+    except (OSError, ValueError):
+        return True
+    return bool(getattr(fe, "do_normalize", True))
+
+
+def disable_layerdrop(model: nn.Module) -> None:
+    """Turn LayerDrop off: transformers 5 records hidden states from the layers that ran, so a
+    dropped layer would shift every later index and break layer selection in training mode."""
+    if getattr(model.config, "layerdrop", 0.0):
+        model.config.layerdrop = 0.0
+
+
 def frame_lengths(encoder: nn.Module, sample_lengths: torch.Tensor) -> torch.Tensor:
     """Number of encoder frames produced for each waveform length."""
     return encoder._get_feat_extract_output_lengths(sample_lengths).long()
@@ -75,7 +95,8 @@ class SpeechEncoder(nn.Module):
     def __init__(self, spec: dict):
         super().__init__()
         self.model = build_encoder(spec)
-        self.normalize = spec.get("normalize", True)
+        disable_layerdrop(self.model)
+        self.normalize = spec["normalize"] if spec.get("normalize") is not None else checkpoint_normalizes(spec)
         self.frozen = spec.get("freeze", False)
         n_layers = self.model.config.num_hidden_layers + 1  # + the CNN/embedding output
         self.selector = LayerSelector(n_layers, spec.get("layer", "last"))

@@ -6,7 +6,9 @@ by ``teacher:`` (an experiment dir; the split's subdir is appended), clean plus
 ``<dump>/teacher_labels/``; the student learns these unclipped outputs only (no
 human labels), selecting its checkpoint by CCC against the teacher on the dev set.
 ``distill.train_sets`` lists the data dirs to label (default: the protocol's
-train set; any unlabelled dirs with a wav.scp may be added).
+train set; any unlabelled dirs with a wav.scp may be added). A teacher whose
+training did not learn (``collapsed`` in its teacher.yaml) is refused unless
+``distill.allow_collapsed_teacher: true``.
 
 Stage 8 (``evaluate``) exports the student to ONNX float32 and int8, checks
 parity, profiles it (parameters, MACs per second, int8 size, RTF and peak RAM on
@@ -34,9 +36,10 @@ from sertk.models.dawn import AVD_OUTPUTS
 from sertk.models.mobilenet_student import ARCHS, MobileNetStudent
 from sertk.models.wav2small import Wav2Small
 from sertk.tasks import TaskContext, reject_unknown
-from sertk.tasks.teacher import gold_range, load_teacher, predict, scaled_gold
+from sertk.tasks.teacher import collapsed_members, gold_range, load_teacher, predict, scaled_gold, teacher_info
 from sertk.train.distill import LOSSES, AugmentConfig, DistillDataset, cache_dir, distill_loss, label_with_teacher
-from sertk.train.trainer import Trainer, TrainConfig, default_batches, load_weights
+from sertk.train.trainer import (Trainer, TrainConfig, chance_level, constant_outputs, default_batches, load_weights,
+                                 verdict)
 
 log = logging.getLogger(__name__)
 NAMES = list(AVD_OUTPUTS)
@@ -63,7 +66,10 @@ def check_config(cfg: dict, where: str) -> None:
     except TypeError as e:
         raise ValueError(f"{where}: student: {e}") from e
     d = cfg.get("distill") or {}
-    reject_unknown(d, {"loss", "mse_weight", "copies", "train_sets", "augment"}, f"{where}: distill")
+    reject_unknown(d, {"loss", "mse_weight", "copies", "train_sets", "augment", "allow_collapsed_teacher"},
+                   f"{where}: distill")
+    if not isinstance(d.get("allow_collapsed_teacher", False), bool):
+        raise ValueError(f"{where}: distill.allow_collapsed_teacher must be true or false")
     if d.get("loss", "ccc") not in LOSSES:
         raise ValueError(f"{where}: distill.loss must be one of {LOSSES}")
     AugmentConfig.from_dict(d.get("augment"))
@@ -79,6 +85,20 @@ def _teacher_dir(cfg: dict, split: Split) -> Path:
     return Path(cfg["teacher"]) / split.tag
 
 
+def check_teacher(cfg: dict, teacher_dir: Path) -> None:
+    """Refuse a teacher whose training did not learn: its students would learn nothing either."""
+    bad = collapsed_members(teacher_info(teacher_dir))
+    if not bad:
+        return
+    if (cfg.get("distill") or {}).get("allow_collapsed_teacher"):
+        log.warning("%s: distilling from a teacher that did not learn (%s), as distill.allow_collapsed_teacher "
+                    "asks", teacher_dir, "; ".join(bad))
+        return
+    raise RuntimeError(f"{teacher_dir}: the teacher did not learn: {'; '.join(bad)}; students distilled from it "
+                       f"would learn nothing. Retrain it (another seed, lr or more epochs) or set "
+                       f"distill.allow_collapsed_teacher: true")
+
+
 def _no_singletons(dataset, epoch, rank, world_size, *, cfg: TrainConfig):
     """Shuffled batches without a trailing batch of one (the CCC loss needs >= 2 items)."""
     b = default_batches(len(dataset), cfg.batch_size, cfg.seed, epoch, rank, world_size)
@@ -88,6 +108,8 @@ def _no_singletons(dataset, epoch, rank, world_size, *, cfg: TrainConfig):
 
 
 def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
+    model = build_student(cfg["student"])  # first: its initial weights depend on the seed alone, not on the teacher
+    check_teacher(cfg, _teacher_dir(cfg, split))
     teacher, tinfo = load_teacher(_teacher_dir(cfg, split))
     if torch.cuda.is_available():  # labelling is the teacher's only job here: put it on the GPU when there is one
         teacher = teacher.cuda()
@@ -105,7 +127,6 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     train_set = DistillDataset([ctx.datadir(s) for s in sets], labels, seeds, aug, ctx.sample_rate, max_dur)
     dev_set = DistillDataset([ctx.datadir(dev)], dev_labels, [0], aug, ctx.sample_rate, max_dur)
     del teacher
-    model = build_student(cfg["student"])
     kind, w = d.get("loss", "ccc"), float(d.get("mse_weight", 1.0))
 
     def compute_loss(net, batch):
@@ -115,19 +136,20 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
         utts, out = predict(net, loader)
         target = np.stack([dev_labels[(u.rsplit("#s", 1)[0], 0)] for u in utts])
         r = regression_metrics(out, target, NAMES)
-        return {"ccc_teacher_mean": r["ccc_mean"], **{f"ccc_teacher_{k}": v for k, v in r["ccc"].items()}}
+        return {"ccc_teacher_mean": r["ccc_mean"], **{f"ccc_teacher_{k}": v for k, v in r["ccc"].items()},
+                "constant_outputs": constant_outputs(out)}
 
     tcfg = dict(cfg.get("train") or {})
     tcfg.setdefault("select_metric", "ccc_teacher_mean")
     tcfg.setdefault("select_mode", "max")
     train_cfg = TrainConfig.from_dict(tcfg)
     summary = Trainer(model, train_set, dev_set, collate_audio, compute_loss, evaluate, train_cfg, ctx.expdir,
-                      batch_sampler_fn=lambda ds, e, r, ws: _no_singletons(ds, e, r, ws, cfg=train_cfg)
-                      ).fit(resume=True)
+                      batch_sampler_fn=lambda ds, e, r, ws: _no_singletons(ds, e, r, ws, cfg=train_cfg),
+                      **chance_level(train_cfg.select_metric)).fit(resume=True)
     info = {"task": "distill", "student": cfg["student"], "outputs": NAMES, "sample_rate": ctx.sample_rate,
             "teacher": str(_teacher_dir(cfg, split)), "teacher_digest": tinfo["digest"], "loss": kind,
             "train_sets": sets, "copies": len(seeds) - 1, "best_epoch": summary.get("best_epoch"),
-            "best_dev": summary.get("best_metrics")}
+            "best_dev": summary.get("best_metrics"), **verdict(summary)}
     write_text_atomic(ctx.expdir / "model.yaml", yaml.safe_dump(info, sort_keys=False))
 
 
@@ -190,7 +212,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         extra = {"fold": split.fold, "role": "student", "model_dir": str(ctx.expdir), "student": info["student"],
                  "teacher": info["teacher"], "scored_model": "onnx int8", "profile": profile,
                  "fp32_ccc": regression_metrics(fp32, gold, NAMES)["ccc"], "fp32_ccc_teacher": fp32_vs_teacher["ccc"],
-                 "teacher_ccc": regression_metrics(tout, gold, NAMES)["ccc"]}
+                 "teacher_ccc": regression_metrics(tout, gold, NAMES)["ccc"], "collapsed": bool(info.get("collapsed"))}
         outdir = ctx.expdir / "eval" / test
         write_text_atomic(outdir / "predictions.txt",
                           "".join(f"{u} {' '.join(f'{v:.5f}' for v in row)}\n" for u, row in zip(utts, int8)))

@@ -9,6 +9,7 @@ from sertk.common.entry import base_parser, init_expdir, resolve_config
 from sertk.common.protocol import load_protocols
 from sertk.tasks import TaskContext, get_task
 from sertk.train.distributed import env_info
+from sertk.train.trainer import config_seed, seed_everything
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -42,5 +43,8 @@ def run(action: str, argv: list[str] | None, doc: str, module: str) -> int:
                           stage=args.stage, sample_rate=args.sample_rate)
         logger.info("%s %s on %s (train=%s dev=%s test=%s)", action, name, split.tag, split.train,
                     split.dev, ",".join(split.tests))
+        # every task builds its model on the global RNG: seeded here, the same config and seed
+        # give the same model whatever ran before it in this process
+        seed_everything(config_seed(cfg.get("train")))
         getattr(task, action)(cfg, split, ctx)
     return 0

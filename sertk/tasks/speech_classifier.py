@@ -25,7 +25,8 @@ from sertk.models.classifier import SpeechClassifier
 from sertk.tasks import TaskContext, reject_unknown
 from sertk.train.losses import ccc_loss
 from sertk.train.distributed import env_info
-from sertk.train.trainer import Trainer, TrainConfig, load_weights, shard_global_batches
+from sertk.train.trainer import (Trainer, TrainConfig, chance_level, constant_outputs, load_weights,
+                                 shard_global_batches, verdict)
 
 log = logging.getLogger(__name__)
 AVD_NAMES = ["arousal", "valence", "dominance"]
@@ -116,14 +117,15 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
 
     def evaluate(m, loader):
         utts, out = _predict(m, loader)
+        flags = {"constant_outputs": constant_outputs(out)}
         if regression:
             gold = np.array([dev_set.datadir.utt2avd[u] for u in utts])
             r = regression_metrics(out, gold, AVD_NAMES)
-            return {"ccc_mean": r["ccc_mean"], **{f"ccc_{k}": v for k, v in r["ccc"].items()}}
+            return {"ccc_mean": r["ccc_mean"], **{f"ccc_{k}": v for k, v in r["ccc"].items()}, **flags}
         gold = [labels.canonical(dev_set.datadir.utt2emo[u]) for u in utts]
         pred = [labels.labels[i] for i in out.argmax(1)]
         r = classification_metrics(gold, pred, labels.labels)
-        return {"uar": r["uar"], "wa": r["wa"], "macro_f1": r["macro_f1"]}
+        return {"uar": r["uar"], "wa": r["wa"], "macro_f1": r["macro_f1"], **flags}
 
     tcfg = dict(cfg.get("train", {}))
     tcfg.setdefault("select_metric", "ccc_mean" if regression else "uar")
@@ -131,13 +133,17 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     # HF encoders skip parameters per step (LayerDrop, the unused mask embedding): DDP must allow it
     tcfg.setdefault("find_unused_parameters", True)
     train_cfg = TrainConfig.from_dict(tcfg)
+    # UAR is scored over the classes present: chance is 1/(classes in the dev set)
+    n_dev_classes = None if regression else len(set(dev_set.label_ids))
     trainer = Trainer(model, train_set, dev_set, collate_audio, compute_loss, evaluate, train_cfg, ctx.expdir,
-                      batch_sampler_fn=_bucketing(cfg, train_cfg))
+                      batch_sampler_fn=_bucketing(cfg, train_cfg),
+                      **chance_level(train_cfg.select_metric, n_dev_classes))
     summary = trainer.fit(resume=True)
     info = {"task": cfg["task"], "model": cfg["model"], "sample_rate": ctx.sample_rate,
             "labels": None if regression else labels.labels,
             "outputs": AVD_NAMES if regression else None,
-            "best_epoch": summary.get("best_epoch"), "best_dev": summary.get("best_metrics")}
+            "best_epoch": summary.get("best_epoch"), "best_dev": summary.get("best_metrics"),
+            **verdict(summary)}
     if env_info().is_main:
         write_text_atomic(ctx.expdir / "model.yaml", yaml.safe_dump(info, sort_keys=False))
 
@@ -163,7 +169,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         outdir = ctx.expdir / "eval" / test
         protocol = split.record(test, ctx.data)
         extra = {"fold": split.fold, "baseline": bool(cfg.get("baseline")), "model_dir": str(ctx.expdir),
-                 "best_dev": info.get("best_dev")}
+                 "best_dev": info.get("best_dev"), "collapsed": bool(info.get("collapsed"))}
         if labels is None:
             gold = np.array([ds.datadir.utt2avd[u] for u in utts])
             metrics = regression_metrics(out, gold, AVD_NAMES)

@@ -25,7 +25,7 @@ from sertk.models.dawn import AVD_OUTPUTS, DawnRegressor, EnsembleTeacher, load_
 from sertk.tasks import TaskContext, reject_unknown
 from sertk.tasks.speech_classifier import _bucketing
 from sertk.train.losses import ccc_loss
-from sertk.train.trainer import Trainer, TrainConfig, load_weights
+from sertk.train.trainer import Trainer, TrainConfig, chance_level, constant_outputs, load_weights, verdict
 
 log = logging.getLogger(__name__)
 _TO_DAWN = [AVD_OUTPUTS.index(n) for n in ("arousal", "dominance", "valence")]
@@ -49,6 +49,7 @@ def check_config(cfg: dict, where: str) -> None:
     reject_unknown(cfg.get("data") or {}, {"max_duration", "random_crop", "buckets"}, f"{where}: data")
     reject_unknown(cfg.get("eval") or {}, {"batch_size", "bootstrap", "gold_range"}, f"{where}: eval")
     gold_range(cfg, where)
+    TrainConfig.from_dict(dict(cfg.get("train") or {}))
 
 
 def gold_range(cfg: dict, where: str = "config") -> tuple[float, float] | None:
@@ -66,7 +67,6 @@ def gold_range(cfg: dict, where: str = "config") -> tuple[float, float] | None:
 def scaled_gold(cfg: dict, gold: np.ndarray) -> np.ndarray:
     r = gold_range(cfg)
     return gold if r is None else (gold - r[0]) / (r[1] - r[0])
-    TrainConfig.from_dict(dict(cfg.get("train") or {}))
 
 
 def build_member(m: dict) -> DawnRegressor:
@@ -120,15 +120,17 @@ def _train_member(cfg: dict, m: dict, split: Split, ctx: TaskContext, outdir: Pa
         utts, out = predict(_AVD(net.module if hasattr(net, "module") else net), loader)
         gold = scaled_gold(cfg, np.array([dev_set.datadir.utt2avd[u] for u in utts]))
         r = regression_metrics(out, gold, list(AVD_OUTPUTS))
-        return {"ccc_mean": r["ccc_mean"], **{f"ccc_{k}": v for k, v in r["ccc"].items()}}
+        return {"ccc_mean": r["ccc_mean"], **{f"ccc_{k}": v for k, v in r["ccc"].items()},
+                "constant_outputs": constant_outputs(out)}
 
     tcfg = dict(cfg.get("train") or {})
     tcfg.setdefault("select_metric", "ccc_mean")
     tcfg.setdefault("select_mode", "max")
     train_cfg = TrainConfig.from_dict(tcfg)
     summary = Trainer(model, train_set, dev_set, collate_audio, compute_loss, evaluate, train_cfg, outdir,
-                      batch_sampler_fn=_bucketing(cfg, train_cfg)).fit(resume=True)
-    return {"best_epoch": summary.get("best_epoch"), "best_dev": summary.get("best_metrics")}
+                      batch_sampler_fn=_bucketing(cfg, train_cfg),
+                      **chance_level(train_cfg.select_metric)).fit(resume=True)
+    return {"best_epoch": summary.get("best_epoch"), "best_dev": summary.get("best_metrics"), **verdict(summary)}
 
 
 def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
@@ -142,16 +144,27 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
         members.append(entry)
     info = {"task": "teacher", "outputs": list(AVD_OUTPUTS), "sample_rate": ctx.sample_rate, "members": members,
             "data": cfg.get("data") or {}}
+    info["collapsed"] = bool(collapsed_members(info))  # one member that learned nothing spoils the ensemble mean
     write_text_atomic(ctx.expdir / "teacher.yaml", yaml.safe_dump(info, sort_keys=False))
+
+
+def collapsed_members(info: dict) -> list[str]:
+    """``name (reason)`` of every trained member of a teacher.yaml whose training did not learn."""
+    return [f"{e['name']} ({e.get('collapse_reason')})" for e in info["members"] if e.get("collapsed")]
+
+
+def teacher_info(expdir: str | Path) -> dict:
+    """The teacher.yaml of an experiment dir, without loading any weights."""
+    path = Path(expdir) / "teacher.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no teacher here (run stage 7 with the teacher config first)")
+    return yaml.safe_load(path.read_text())
 
 
 def load_teacher(expdir: str | Path) -> tuple[EnsembleTeacher, dict]:
     """The trained (or released) ensemble of an experiment dir and a digest naming its exact weights."""
     expdir = Path(expdir)
-    path = expdir / "teacher.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no teacher here (run stage 7 with the teacher config first)")
-    info = yaml.safe_load(path.read_text())
+    info = teacher_info(expdir)
     models = []
     for e in info["members"]:
         model = build_member(e["spec"])
@@ -182,7 +195,8 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         path = outdir / "results.json"
         write_result(path, stage=ctx.stage, name=ctx.name, task="regression", protocol=split.record(test, ctx.data),
                      metrics=metrics, extra={"fold": split.fold, "role": "teacher", "model_dir": str(ctx.expdir),
-                                             "members": [m["name"] for m in info["members"]]})
+                                             "members": [m["name"] for m in info["members"]],
+                                             "collapsed": bool(info.get("collapsed"))})
         log.info("%s %s -> %s: ccc %s", ctx.name, split.tag, test, {k: round(v, 4) for k, v in metrics["ccc"].items()})
         written.append(path)
     return written

@@ -18,6 +18,9 @@ Guarantees a user relies on (tests/test_trainer.py checks each one):
   for an uneven last batch, as long as ``compute_loss`` returns a per-sample
   mean.
 * The checkpoint is chosen on the dev set only; the trainer never sees test data.
+* A run that did not learn says so: ``collapsed`` in the fit() summary and
+  best.json, with a WARNING, when the dev selection metric never cleared the
+  task's chance level or the selected epoch's dev outputs were constant.
 """
 from __future__ import annotations
 
@@ -189,6 +192,41 @@ def _seed_seq(seed: int, tag: str, *keys: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(tag.encode()), *[int(k) for k in keys]])
 
 
+def config_seed(train: dict | None) -> int:
+    """A config's ``train.seed`` (default 0), typed as :class:`TrainConfig` reads it."""
+    return _coerce("seed", (train or {}).get("seed", TrainConfig.seed))
+
+
+def chance_level(select_metric: str, num_classes: int | None = None) -> dict:
+    """Trainer ``chance_metric``/``chance_margin`` for the selection metrics whose chance level is known.
+
+    UAR over C classes is 1/C for any input-independent guess; any constant
+    prediction scores CCC 0. Other metrics get no verdict ({}).
+    """
+    if select_metric == "uar" and num_classes:
+        return {"chance_metric": 1.0 / num_classes, "chance_margin": 0.02}
+    if select_metric.startswith("ccc"):
+        return {"chance_metric": 0.0, "chance_margin": 0.05}
+    return {}
+
+
+def constant_outputs(outputs) -> float:
+    """1.0 when every dev item got the same output (std < 1e-6 in each column), else 0.0.
+
+    For an evaluate() dict (key ``constant_outputs``): a model that maps every
+    input to one output learned nothing, whatever the metric says.
+    """
+    if len(outputs) < 2:
+        return 0.0
+    x = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    return float(float(x.std(axis=0).max()) < 1e-6)
+
+
+def verdict(summary: dict) -> dict:
+    """A fit() summary's "did not learn" verdict, as a task records it in its model.yaml."""
+    return {"collapsed": bool(summary.get("collapsed")), "collapse_reason": summary.get("collapse_reason")}
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA), numpy and python ``random``; call before building a model."""
     _seed_all(np.random.SeedSequence([int(seed) & 0xFFFFFFFF]))
@@ -276,17 +314,23 @@ class Trainer:
         lists for this rank (e.g. length buckets; epoch counts from 0). Every
         rank must get the same number of batches. Default: seeded shuffling
         (:func:`default_batches`).
+    chance_metric, chance_margin: the dev ``select_metric`` of a model that
+        learned nothing (see :func:`chance_level`); a run whose best dev value
+        never gets past ``chance_metric`` by more than ``chance_margin`` is
+        reported as collapsed. None: no chance-level verdict.
     """
 
     def __init__(self, model: torch.nn.Module, train_dataset, dev_dataset, collate_fn: Callable | None,
                  compute_loss: Callable, evaluate: Callable | None, cfg: TrainConfig, expdir: str | Path,
-                 batch_sampler_fn: Callable | None = None):
+                 batch_sampler_fn: Callable | None = None, chance_metric: float | None = None,
+                 chance_margin: float = 0.02):
         if isinstance(cfg, dict):
             cfg = TrainConfig.from_dict(cfg)
         self.cfg = cfg
         self.train_dataset, self.dev_dataset = train_dataset, dev_dataset
         self.collate_fn, self.compute_loss, self.evaluate = collate_fn, compute_loss, evaluate
         self.batch_sampler_fn = batch_sampler_fn
+        self.chance_metric, self.chance_margin = chance_metric, chance_margin
         self.expdir = Path(expdir)
         self.ckpt_dir = self.expdir / "checkpoints"
         self.device = self._resolve_device(cfg.device)
@@ -432,10 +476,14 @@ class Trainer:
     def _write_best(self, state: dict) -> None:
         with atomic_path(self.expdir / "best.safetensors") as tmp:
             save_model(self.model, str(tmp))
-        b = state["best"]
+        self._write_best_json(state)
+
+    def _write_best_json(self, state: dict) -> None:
+        b, reason = state["best"], self._collapse_reason(state)
         write_json_atomic(self.expdir / "best.json", {
             "epoch": b["epoch"], "global_step": state["global_step"], "select_metric": self.cfg.select_metric,
-            "select_mode": self.cfg.select_mode, "metrics": b["metrics"]})
+            "select_mode": self.cfg.select_mode, "metrics": b["metrics"], "collapsed": reason is not None,
+            "collapse_reason": reason})
 
     def load_best(self) -> torch.nn.Module:
         """Load ``expdir/best.safetensors`` (the dev-selected epoch) into the model and return it."""
@@ -475,7 +523,8 @@ class Trainer:
     def fit(self, resume: bool = True) -> dict:
         """Train to ``cfg.epochs`` (or early stop); with ``resume`` continue from the newest checkpoint.
 
-        Returns ``{"best_epoch", "best_metrics", "history", "stopped_early", "epochs_done"}``.
+        Returns ``{"best_epoch", "best_metrics", "history", "stopped_early", "epochs_done", "collapsed",
+        "collapse_reason"}``; ``collapsed`` is the "did not learn" verdict (see :meth:`_collapse_reason`).
         """
         with self._log_file():
             return self._fit(resume)
@@ -541,8 +590,14 @@ class Trainer:
         if state["best"] is None:
             raise TrainError(f"no epoch had a finite dev {cfg.select_metric!r}; nothing to select "
                              f"(see {self.expdir / 'log' / 'train.log'})")
+        reason = self._collapse_reason(state)
+        if self.dist.is_main:
+            self._write_best_json(state)  # the verdict needs every epoch: best.json was written before the last
+            if reason:
+                log.warning("%s: training did not learn: %s", self.expdir, reason)
         return {"best_epoch": state["best"]["epoch"], "best_metrics": state["best"]["metrics"],
-                "history": state["history"], "stopped_early": state["stopped"], "epochs_done": state["epoch"]}
+                "history": state["history"], "stopped_early": state["stopped"], "epochs_done": state["epoch"],
+                "collapsed": reason is not None, "collapse_reason": reason}
 
     def _train_epoch(self, net: torch.nn.Module, epoch: int, state: dict) -> dict:
         cfg, world = self.cfg, self.dist.world_size
@@ -666,6 +721,28 @@ class Trainer:
         if better:
             state["best"] = {"epoch": epoch, "value": value, "metrics": dict(dev)}
         return better
+
+    def _collapse_reason(self, state: dict) -> str | None:
+        """Why the run learned nothing, or None.
+
+        Over all epochs the best dev value stayed within ``chance_margin`` of
+        ``chance_metric`` (or on its wrong side), or the selected epoch's dev
+        outputs were constant: a model that must not be passed on silently.
+        """
+        best = state["best"]
+        if best is None or best["value"] is None:  # no dev set: nothing to judge by
+            return None
+        if best["metrics"].get("constant_outputs"):
+            return f"dev outputs of the selected epoch {best['epoch']} were constant"
+        if self.chance_metric is None:
+            return None
+        c, margin, n = self.chance_metric, self.chance_margin, len(state["history"])
+        epochs = f"{n} epoch{'s' if n != 1 else ''}"
+        if self.cfg.select_mode == "max" and best["value"] <= c + margin:
+            return f"dev {self.cfg.select_metric} never above chance {c:.3g} (+{margin:g}) in {epochs}"
+        if self.cfg.select_mode == "min" and best["value"] >= c - margin:
+            return f"dev {self.cfg.select_metric} never below chance {c:.3g} (-{margin:g}) in {epochs}"
+        return None
 
 
 def _fmt(metrics: dict) -> str:
