@@ -6,15 +6,18 @@
 set -euo pipefail
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (ser.sh:${BASH_LINENO[0]}) $*" >&2; }
 help_message="Usage: $0 [options]   (run from egs/<corpus>/, usually through its run.sh)
-Stages: 1 data prep+validation | 2 features (eGeMAPS, concept tokens) | 3 SER training (SELM + baselines)
+Stages: 0 model zoo (mini_emo) | 1 data prep+validation | 2 features (eGeMAPS, concept tokens) | 3 SER training (SELM + baselines)
         4 SER evaluation | 5 ICL meta-training | 6 ICL evaluation | 7 teacher + distillation
         8 export + student evaluation | 9 ZS-Fuse | 10 concept tokens with generative ALMs | 11 report"
 
 # ---- options ----
-stage=1                   # first stage to run
+stage=0                   # first stage to run
 stop_stage=11             # last stage to run
 corpus=                   # corpus name (recorded in every result's protocol id)
 prepare_cmd=              # stage 1 command that writes data dirs under \$data
+pool_cmd=                 # stage 0 command that writes the pre-training pool \$data/pretrain (mini_emo)
+zoo_config=               # stage 0 zoo config (mini_emo: conf/zoo.yaml); real recipes name hub checkpoints
+zoo=zoo                   # where stage 0 saves the zoo models (configs name zoo/<model>)
 protocols=conf/protocols.yaml  # train/dev/test sets (and folds) of each protocol
 data=data                 # data dirs
 dump=dump                 # features and caches
@@ -52,6 +55,17 @@ run_stage() {
     --redo "$redo" -- "$@"
 }
 sets() { sertk protocols --protocols "$protocols" --list-sets; }
+
+if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
+  if [ -z "$zoo_config" ]; then
+    log "stage 0: no --zoo-config for this recipe (its configs name hub checkpoints), nothing to do"
+  else
+    log "stage 0: pre-training pool and model zoo ($zoo_config -> $zoo/)"
+    [ -z "$pool_cmd" ] || bash -c "$pool_cmd"   # skips itself when the pool is up to date
+    run_stage 0 zoo "$zoo_config $data/pretrain $root/sertk/zoo" "$zoo" -- \
+      "$python" -m sertk.bin.build_zoo --config "$zoo_config" --pool "$data/pretrain" --zoo "$zoo"
+  fi
+fi
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   log "stage 1: data preparation and validation"
@@ -92,6 +106,9 @@ run_configs() {
     # models another config trained (e.g. SELM's encoder from exp/classifier) are inputs too
     deps=$(for d in $(grep -oE 'exp/[A-Za-z0-9_.-]+' "$c" | sort -u); do
              find "$d" -name best.safetensors -not -path '*/checkpoints/*' 2>/dev/null; done | sort | tr '\n' ' ')
+    # zoo models a config names: a rebuilt zoo model re-runs the stage
+    deps+=$(for d in $(grep -oE "(^|[ {:])$zoo/[A-Za-z0-9_.-]+" "$c" | grep -oE "$zoo/[A-Za-z0-9_.-]+" | sort -u); do
+              [ -f "$d/zoo.json" ] && printf ' %s' "$d/zoo.json"; done)
     run_stage "$num" "${action}_${tag}" "$c $protocols $data $dump/egemaps $deps" "$exp/$tag" -- \
       $launcher -m sertk.bin.$action --config "$c" --protocols "$protocols" --data "$data" \
         --dump "$dump" --exp "$exp/$tag" --corpus "$corpus" --sample-rate "$sample_rate" --stage "$num" "${set_args[@]+"${set_args[@]}"}"

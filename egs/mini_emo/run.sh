@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # mini_emo: sertk's embedded synthetic SER corpus. Runs every implemented
-# stage on 2 CPU cores in minutes, with no download and no GPU.
+# stage on 2 CPU cores in minutes, with no download and no GPU. Stage 0 builds
+# its zoo of small pre-trained models (zoo/<name>, conf/zoo.yaml) on a pool of
+# speakers that no evaluation uses; the configs name zoo/<name> where real
+# recipes name hub checkpoints.
 #   ./run.sh                      # all stages
 #   ./run.sh --stage 3 --stop-stage 4
 #   ./run.sh --help               # every option with its current value
@@ -10,7 +13,9 @@ cd "$(dirname "$0")"
 ../TEMPLATE/ser.sh \
   --corpus mini_emo \
   --prepare-cmd "python3 -m sertk.bin.make_synth_corpus --config conf/synth.yaml --out-audio downloads/audio --out-data data --nj 2" \
+  --pool-cmd "python3 -m sertk.bin.make_synth_corpus --config conf/synth.yaml --part pretrain --out-audio downloads/audio --out-data data --nj 2" \
+  --zoo-config conf/zoo.yaml \
   --protocols conf/protocols.yaml \
-  --ser-configs "conf/egemaps_lr.yaml conf/egemaps_lr_spknorm.yaml conf/classifier.yaml conf/selm.yaml" \
+  --ser-configs "conf/egemaps_lr.yaml conf/egemaps_lr_spknorm.yaml conf/probe_w2v.yaml conf/probe_wavlm.yaml conf/classifier.yaml conf/selm.yaml" \
   --distill-configs "conf/regressor.yaml conf/teacher.yaml conf/wav2small.yaml conf/wav2small_17k.yaml conf/mobilenetv3_small.yaml" \
   "$@"

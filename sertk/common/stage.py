@@ -20,8 +20,9 @@ CONTENT_HASH_LIMIT = 4 << 20
 
 
 def _ignored(rel: Path) -> bool:
-    """Derived or bookkeeping files inside an input dir: job splits, hidden files, logs."""
-    return any(re.fullmatch(r"split\d+", part) or part.startswith(".") or part == "log" for part in rel.parts)
+    """Derived or bookkeeping files inside an input dir: job splits, hidden files, logs, bytecode."""
+    return any(re.fullmatch(r"split\d+", part) or part.startswith(".") or part in ("log", "__pycache__")
+               for part in rel.parts)
 
 
 def digest_inputs(inputs: list[str]) -> dict[str, str]:

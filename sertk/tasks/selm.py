@@ -37,7 +37,7 @@ from sertk.models.selm import SELM, build_lm, encode_example
 from sertk.models.text_tokenizer import HFTokenizer, SentencePieceTokenizer, TextTokenizer, load_tokenizer
 from sertk.models.views import LEVELS, SENTIMENTS, VIEW_NAMES, View, make_views, map_gold, view_values
 from sertk.tasks import TaskContext, reject_unknown
-from sertk.train.trainer import Trainer, TrainConfig, load_weights, seed_everything
+from sertk.train.trainer import Trainer, TrainConfig, chance_level, load_weights, seed_everything, verdict
 
 log = logging.getLogger(__name__)
 
@@ -305,14 +305,15 @@ def _fit(model: SELM, train_set: ViewExamples, dev_set: ViewExamples | None, env
     if dev_set is not None:
         tcfg.setdefault("select_metric", "uar")
         tcfg.setdefault("select_mode", "max")
+    cfg = TrainConfig.from_dict(tcfg)
+    chance = chance_level(cfg.select_metric, len(set(dd.utt2emo.values()))) if dev_set is not None else {}
     trainer = Trainer(model, train_set, dev_set, train_set.collate, compute_loss,
-                      evaluate if dev_set is not None else None, TrainConfig.from_dict(tcfg), expdir)
+                      evaluate if dev_set is not None else None, cfg, expdir, **chance)
     return trainer.fit(resume=True)
 
 
 def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     env = _Env(cfg, split, ctx)
-    seed_everything(int((cfg.get("train") or {}).get("seed", 0)))
     tokenizer = _make_tokenizer(cfg, env.labels.labels)
     views = _views(cfg, env.labels.labels)
     train_set = env.dataset(split.train, tokenizer, views)
@@ -325,7 +326,7 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     info = {"task": "selm", "model": cfg["model"], "encoder": env.encoder_spec,
             "encoder_weights_sha256": env.weights_digest, "sample_rate": ctx.sample_rate,
             "labels": env.labels.labels, "cached_features": env.use_cache,
-            "best_epoch": summary.get("best_epoch"), "best_dev": summary.get("best_metrics")}
+            "best_epoch": summary.get("best_epoch"), "best_dev": summary.get("best_metrics"), **verdict(summary)}
     write_text_atomic(ctx.expdir / "model.yaml", yaml.safe_dump(info, sort_keys=False))
 
 
@@ -438,7 +439,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
     for test in split.tests:
         outdir = ctx.expdir / "eval" / test
         extra = {"fold": split.fold, "model_dir": str(ctx.expdir), "best_dev": info.get("best_dev"),
-                 "in_domain": test.rsplit("_", 1)[0] == split.train.rsplit("_", 1)[0],
+                 "collapsed": bool(info.get("collapsed")), "in_domain": test.rsplit("_", 1)[0] == split.train.rsplit("_", 1)[0],
                  "lm_prior_weight": float((cfg.get("eval") or {}).get("lm_prior_weight", 0.0))}
         metrics = _score_test(env, model, tokenizer, test, outdir, ctx.name, extra)
         gain = load_result(outdir / "results.json")["extra"]

@@ -1,0 +1,71 @@
+"""Pieces every zoo trainer shares: in-memory audio items, length-bucketed batches, parameter counts."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sertk.data.dataset import make_bucket_batch_sampler
+
+
+class MemoryAudioSet(torch.utils.data.Dataset):
+    """Pool utterances held in memory, with a random crop per (seed, epoch, item).
+
+    Crops start at a multiple of ``hop`` samples, so frame-level targets computed
+    once on the whole utterance stay aligned with the encoder frames of the crop.
+    ``extra(utt)`` adds per-utterance fields (labels, targets) to each item;
+    those named in ``frame_fields`` are per-frame arrays, cropped with the audio.
+    """
+
+    def __init__(self, utts: list[str], audio: dict[str, np.ndarray], sample_rate: int,
+                 max_duration: float | None, hop: int = 1, seed: int = 0, random_crop: bool = True, extra=None,
+                 frame_fields: tuple[str, ...] = ()):
+        self.utts, self.audio, self.sample_rate = list(utts), audio, sample_rate
+        self.max_samples = int(max_duration * sample_rate) if max_duration else None
+        self.hop, self.seed, self.random_crop, self.epoch = hop, seed, random_crop, 0
+        self.extra = extra or (lambda utt: {})
+        self.frame_fields = frame_fields
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def durations(self) -> list[float]:
+        n = [len(self.audio[u]) for u in self.utts]
+        if self.max_samples:
+            n = [min(x, self.max_samples) for x in n]
+        return [x / self.sample_rate for x in n]
+
+    def crop_offset(self, i: int) -> int:
+        wav = self.audio[self.utts[i]]
+        if not self.max_samples or len(wav) <= self.max_samples:
+            return 0
+        slots = (len(wav) - self.max_samples) // self.hop
+        if not self.random_crop:
+            return slots // 2 * self.hop
+        return int(np.random.default_rng([self.seed, self.epoch, i]).integers(0, slots + 1)) * self.hop
+
+    def __getitem__(self, i: int) -> dict:
+        utt = self.utts[i]
+        off = self.crop_offset(i)
+        wav = self.audio[utt]
+        end = off + self.max_samples if self.max_samples else len(wav)
+        item = {"utt": utt, "wav": torch.from_numpy(wav[off:end]), **self.extra(utt)}
+        for k in self.frame_fields:
+            item[k] = item[k][off // self.hop:]
+        return item
+
+
+def bucket_batches(batch_size: int, seed: int, num_buckets: int = 5):
+    """A Trainer batch_sampler_fn: batches of similar length (less padding), reshuffled per epoch."""
+    def fn(dataset, epoch, rank, world_size):
+        if world_size != 1:
+            raise RuntimeError("zoo pre-training runs in one process")
+        return make_bucket_batch_sampler(dataset, batch_size=batch_size, num_buckets=num_buckets, seed=seed,
+                                         epoch=epoch).batches
+    return fn
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

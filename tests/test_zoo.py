@@ -1,0 +1,144 @@
+"""The mini_emo zoo (stage 0): models saved in the real transformers classes, loaded by the
+same from_pretrained code as hub names, rebuilt only when something that defines them changes."""
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from sertk.common.config import load_config
+from sertk.data.synth import generate_corpus
+from sertk.models.dawn import DawnRegressor
+from sertk.models.encoder import SpeechEncoder
+from sertk.models.selm import build_lm
+from sertk.models.text_tokenizer import HFTokenizer
+from sertk.zoo import build_zoo, check_zoo_config
+from sertk.zoo.speech_encoder import frame_geometry, frame_targets
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE_ZOO = ROOT / "egs/mini_emo/conf/zoo.yaml"
+# model_type of the hub checkpoints the zoo stands in for (their config.json says so)
+HUB_TYPES = {"facebook/wav2vec2-base": "wav2vec2", "microsoft/wavlm-base-plus": "wavlm", "gpt2": "gpt2"}
+
+
+def tiny_zoo() -> dict:
+    """The recipe's zoo config, shrunk: same models and objectives, a few seconds of training."""
+    cfg = copy.deepcopy(yaml.safe_load(RECIPE_ZOO.read_text()))
+    for name, e in cfg["models"].items():
+        e["train"].update(epochs=1, batch_size=4, warmup_steps=0, progress=False)
+        if e["trainer"] == "speech_encoder":
+            e["config"].update(hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=2)
+            e["data"]["dev_speakers"] = 1
+            e["objective"]["masked_prediction"]["clusters"] = 4
+            for part in ("utterance", "frame_regression"):
+                e["objective"][part]["layer"] = 1
+        else:
+            e["config"].update(n_embd=32, n_layer=1)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    synth = load_config(ROOT / "egs/mini_emo/conf/synth.yaml", ["pretrain.speakers=4", "pretrain.utts_per_speaker=4"])
+    generate_corpus(synth, root / "audio", root / "data", nj=1, part="pretrain")
+    cfg = tiny_zoo()
+    built = build_zoo(cfg, root / "data/pretrain", root / "zoo")
+    return cfg, root, built
+
+
+def test_recipe_zoo_config_is_valid():
+    check_zoo_config(yaml.safe_load(RECIPE_ZOO.read_text()))
+    with pytest.raises(ValueError, match="models.w2v: objective: unknown key"):
+        bad = yaml.safe_load(RECIPE_ZOO.read_text())
+        bad["models"]["w2v"]["objective"]["contrastive"] = {}
+        check_zoo_config(bad)
+
+
+def test_each_model_is_in_the_class_of_the_hub_checkpoint_it_stands_in_for(zoo):
+    cfg, root, built = zoo
+    assert set(built) == set(cfg["models"])
+    for name, meta in built.items():
+        d = root / "zoo" / name
+        card = json.loads((d / "zoo.json").read_text())
+        assert card["stands_in_for"] == cfg["models"][name]["stands_in_for"]
+        hub_type = HUB_TYPES[card["stands_in_for"]]
+        assert json.loads((d / "config.json").read_text())["model_type"] == hub_type
+        # the class a hub name resolves to (offline: from its model_type) is the class the zoo path loads
+        loader = AutoModelForCausalLM if hub_type == "gpt2" else AutoModel
+        hub_class = type(loader.from_config(AutoConfig.for_model(hub_type)))
+        assert type(loader.from_pretrained(d)) is hub_class
+        assert hub_class.__name__ == card["class"]
+        readme = (d / "README.md").read_text()
+        assert card["stands_in_for"] in readme and f"{card['params']:,}" in readme
+        assert card["pool"]["speakers"] == 4 and card["train_seconds"] >= 0
+
+
+def test_speech_encoders_round_trip_with_identical_outputs(zoo, tmp_path):
+    _, root, _ = zoo
+    wav = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 16000)).astype(np.float32))
+    for name in ("w2v", "wavlm"):
+        m = AutoModel.from_pretrained(root / "zoo" / name).eval()
+        assert AutoFeatureExtractor.from_pretrained(root / "zoo" / name).sampling_rate == 16000
+        m.save_pretrained(tmp_path / name)
+        again = AutoModel.from_pretrained(tmp_path / name).eval()
+        with torch.no_grad():
+            assert torch.equal(m(wav).last_hidden_state, again(wav).last_hidden_state)
+
+
+def test_text_lm_and_tokenizer_round_trip(zoo, tmp_path):
+    _, root, _ = zoo
+    tok = AutoTokenizer.from_pretrained(root / "zoo/gpt2")
+    assert type(tok).__name__ == "GPT2Tokenizer"
+    text = "say the emotion. emotion: angry"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text and tok.eos_token_id is not None
+    lm = AutoModelForCausalLM.from_pretrained(root / "zoo/gpt2").eval()
+    lm.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "lm").eval()
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        assert torch.equal(lm(x).logits, again(x).logits)
+    assert AutoTokenizer.from_pretrained(tmp_path / "lm").encode(text) == ids
+
+
+def test_sertk_model_code_loads_zoo_paths_as_it_loads_hub_names(zoo):
+    """SELM, the classifier/probe encoder and the Dawn teacher take `name_or_path: zoo/<name>`."""
+    _, root, _ = zoo
+    enc = SpeechEncoder({"name_or_path": str(root / "zoo/w2v"), "layer": 1, "freeze": True})
+    assert type(enc.model).__name__ == "Wav2Vec2Model" and enc.normalize is True
+    feats, n = enc(torch.zeros(1, 16000).uniform_(-0.1, 0.1), torch.tensor([16000]))
+    assert feats.shape[-1] == 32 and int(n[0]) == feats.shape[1]
+    dawn = DawnRegressor.from_spec({"name_or_path": str(root / "zoo/wavlm")})
+    assert type(dawn.wav2vec2).__name__ == "WavLMModel"
+    tok = HFTokenizer(str(root / "zoo/gpt2"))
+    lm = build_lm({"name_or_path": str(root / "zoo/gpt2"), "mode": "frozen"}, tok)
+    assert type(lm).__name__ == "GPT2LMHeadModel" and lm.config.vocab_size == tok.vocab_size
+
+
+def test_unchanged_zoo_is_skipped_and_a_changed_entry_rebuilds_only_that_model(zoo):
+    cfg, root, _ = zoo
+    stamp = {n: (root / "zoo" / n / "zoo.json").stat().st_mtime_ns for n in cfg["models"]}
+    assert build_zoo(cfg, root / "data/pretrain", root / "zoo") == {}
+    changed = copy.deepcopy(cfg)
+    changed["models"]["gpt2"]["train"]["lr"] = 1e-3
+    assert set(build_zoo(changed, root / "data/pretrain", root / "zoo")) == {"gpt2"}
+    assert (root / "zoo/w2v/zoo.json").stat().st_mtime_ns == stamp["w2v"]
+    assert (root / "zoo/gpt2/zoo.json").stat().st_mtime_ns != stamp["gpt2"]
+
+
+@pytest.mark.parametrize("model", ["w2v", "wavlm"])
+def test_frame_targets_sit_on_the_encoder_frame_grid(model):
+    """Masked-prediction and regression targets need one row per encoder frame."""
+    e = yaml.safe_load(RECIPE_ZOO.read_text())["models"][model]
+    config = AutoConfig.for_model(e["type"], **e["config"])
+    field, hop = frame_geometry(config)
+    enc = AutoModel.from_config(config)
+    for n in (16000, 23456, 40000):
+        frames = frame_targets(np.random.default_rng(n).standard_normal(n).astype(np.float32), 16000, field, hop, 40)
+        assert frames.shape == (int(enc._get_feat_extract_output_lengths(torch.tensor(n))), 42)
