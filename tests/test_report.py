@@ -210,3 +210,23 @@ def test_a_model_that_did_not_learn_is_marked(tmp_path):
     assert names == ["clf (did not learn)", "clf_loso (did not learn)", "teacher (did not learn)", "wav2small"]
     note = "*(did not learn)*: in training, the model's dev selection metric never rose above chance"
     assert text.count(note) == 2  # once under each table that has a marked row
+
+
+def test_zoo_table_opens_the_report_with_probe_figures_beside_egemaps(exp, tmp_path):
+    zoo = tmp_path / "zoo"
+    (zoo / "w2v").mkdir(parents=True)
+    (zoo / "w2v" / "zoo.json").write_text(json.dumps({
+        "name": "w2v", "class": "Wav2Vec2Model", "stands_in_for": "facebook/wav2vec2-base", "params": 12345,
+        "objective": "masked prediction", "train_seconds": 61.2, "dev": {"emo_uar": 0.5},
+        "pool": {"path": "data/pretrain", "utterances": 1536, "speakers": 64}}))
+    probe = write_classification(exp["root"] / "probe_w2v/studio/eval/phone_test/results.json", "probe_w2v",
+                                 protocol(), seed=3, extra={"fold": None, "encoder": "zoo/w2v", "layer": 3})
+    md = write_report(exp["root"], tmp_path / "RESULTS.md", zoo=zoo)
+    section = md.split("## Model zoo (stage 0)")[1].split("\n## ")[0]
+    assert md.index("## Model zoo") < md.index("## Baselines")
+    row = next(line for line in section.splitlines() if line.startswith("| `zoo/w2v`"))
+    assert "`Wav2Vec2Model`" in row and "12,345" in row and f"{probe['uar']:.3f} (probe_w2v, layer 3)" in row
+    ref = next(line for line in section.splitlines() if line.startswith("| eGeMAPS + LR"))
+    egemaps = json.loads((exp["root"] / "egemaps/studio/eval/phone_test/results.json").read_text())
+    assert f"{egemaps['metrics']['uar']:.3f}" in ref
+    assert "Model zoo" not in write_report(exp["root"], tmp_path / "R2.md")  # real recipes: no zoo

@@ -18,27 +18,11 @@ from sertk.models.selm import build_lm
 from sertk.models.text_tokenizer import HFTokenizer
 from sertk.zoo import build_zoo, check_zoo_config
 from sertk.zoo.speech_encoder import frame_geometry, frame_targets
+from zoo_fixtures import RECIPE_ZOO, tiny_zoo
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPE_ZOO = ROOT / "egs/mini_emo/conf/zoo.yaml"
 # model_type of the hub checkpoints the zoo stands in for (their config.json says so)
 HUB_TYPES = {"facebook/wav2vec2-base": "wav2vec2", "microsoft/wavlm-base-plus": "wavlm", "gpt2": "gpt2"}
-
-
-def tiny_zoo() -> dict:
-    """The recipe's zoo config, shrunk: same models and objectives, a few seconds of training."""
-    cfg = copy.deepcopy(yaml.safe_load(RECIPE_ZOO.read_text()))
-    for name, e in cfg["models"].items():
-        e["train"].update(epochs=1, batch_size=4, warmup_steps=0, progress=False)
-        if e["trainer"] == "speech_encoder":
-            e["config"].update(hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=2)
-            e["data"]["dev_speakers"] = 1
-            e["objective"]["masked_prediction"]["clusters"] = 4
-            for part in ("utterance", "frame_regression"):
-                e["objective"][part]["layer"] = 1
-        else:
-            e["config"].update(n_embd=32, n_layer=1)
-    return cfg
 
 
 @pytest.fixture(scope="module")

@@ -131,6 +131,7 @@ done
 
 if [ "$stage" -le 11 ] && [ "$stop_stage" -ge 11 ]; then
   log "stage 11: report"
-  sertk report --exp "$exp" --out "$exp/RESULTS.md" --title "sertk results: ${corpus}"
+  sertk report --exp "$exp" --out "$exp/RESULTS.md" --title "sertk results: ${corpus}" \
+    ${zoo_config:+--zoo "$zoo"}
 fi
 log "done (stages $stage-$stop_stage)"

@@ -21,10 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exp", required=True, help="experiment root searched for results.json files")
     p.add_argument("--out", required=True, help="markdown file to write (e.g. exp/RESULTS.md)")
     p.add_argument("--title", default="sertk results", help="first heading of the report")
+    p.add_argument("--zoo", default=None, help="mini_emo's stage-0 zoo dir: open the report with the zoo table")
     p.add_argument("--quiet", action="store_true", help="do not print the markdown to stdout")
     args = p.parse_args(argv)
     try:
-        text = write_report(args.exp, args.out, args.title)
+        text = write_report(args.exp, args.out, args.title, args.zoo)
     except ResultsError as e:
         print(f"sertk report: {e}", file=sys.stderr)
         return 1

@@ -9,8 +9,7 @@ without the floor it has to beat. A model whose training did not learn
 """
 from __future__ import annotations
 
-from sertk.export.table import has_students, students_table
-
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import sertk
 from sertk.common.fileio import hash_obj, write_text_atomic
 from sertk.eval.metrics import aggregate_folds
 from sertk.eval.results import ResultsError, read_results, slug
+from sertk.export.table import has_students, students_table
 
 # (title, stages): section order of RESULTS.md; stage numbers follow DESIGN.md.
 STAGE_GROUPS = [
@@ -329,15 +329,59 @@ def render(rows: list[Row], title: str, exp_root: Path, out_dir: Path, n_files: 
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def write_report(exp_root, out_md, title: str = "sertk results") -> str:
+def zoo_section(zoo_dir: Path, records: list[dict]) -> str:
+    """The zoo table: each stage-0 model's card, with the UAR of frozen-layer probes on it beside
+    the eGeMAPS + logistic-regression baseline on the same splits."""
+    cards = [json.loads(p.read_text()) for p in sorted(zoo_dir.glob("*/zoo.json"))]
+    if not cards:
+        return ""
+
+    def uar(r):
+        return r["metrics"]["uar"] if "uar" in r.get("metrics", {}) else None
+
+    def where(r):
+        return f"{r['protocol'].get('train')} → {r['protocol'].get('test')}"
+    probes = [r for r in records if r.get("task") == "classification" and (r.get("extra") or {}).get("encoder")]
+    cols = sorted({where(r) for r in probes})
+    egemaps = {where(r): uar(r) for r in records if r.get("name") == "egemaps_lr" and where(r) in cols}
+    header = ["model", "class", "stands in for", "params", "objective", "train s", "pool-dev"] + \
+        [f"probe UAR {c}" for c in cols]
+    body = []
+    for c in cards:
+        mine = [r for r in probes if Path(str(r["extra"]["encoder"])).name == c["name"]]
+        cells = []
+        for col in cols:
+            hits = [f"{uar(r):.3f} ({r['name']}, layer {r['extra'].get('layer')})" for r in mine if where(r) == col]
+            cells.append("; ".join(hits) or "-")
+        dev = ", ".join(f"{k} {v}" for k, v in (c.get("dev") or {}).items())
+        body.append([f"`zoo/{c['name']}`", f"`{c.get('class')}`", f"`{c.get('stands_in_for')}`",
+                     f"{c.get('params', 0):,}", c.get("objective", ""), f"{c.get('train_seconds', 0):.0f}", dev] + cells)
+    if egemaps:
+        body.append(["eGeMAPS + LR (reference)", "-", "-", "-", "88 functionals, logistic regression", "-", "-"] +
+                    [f"{egemaps[c]:.3f}" if egemaps.get(c) is not None else "-" for c in cols])
+    pool = cards[0].get("pool") or {}
+    return "\n".join([
+        "## Model zoo (stage 0)", "",
+        f"Trained on the pre-training pool (`{pool.get('path')}`: {pool.get('utterances')} utterances, "
+        f"{pool.get('speakers')} speakers no evaluation set contains); model cards in `{zoo_dir}/<name>/README.md`.",
+        "Probe UAR: logistic regression on a frozen layer of the model, trained on the protocol's train set.", "",
+        _table(header, body), ""])
+
+
+def write_report(exp_root, out_md, title: str = "sertk results", zoo: str | Path | None = None) -> str:
     """Write ``out_md`` (RESULTS.md) and ``exp_root/plots/*.png``; return the markdown.
 
     Only those files are written (atomically); nothing under ``exp_root`` is removed.
+    With ``zoo`` (mini_emo's stage-0 dir) the report opens with the zoo table.
     """
     exp_root, out_md = Path(exp_root), Path(out_md)
     records = read_results(exp_root)
     rows = build_rows(records)
     _plot_rows(rows, exp_root / "plots")
     text = render(rows, title, exp_root, out_md.resolve().parent, len(records))
+    if zoo and Path(zoo).is_dir():
+        head, sep, rest = text.partition("\n## ")
+        table = zoo_section(Path(zoo), records)
+        text = head + table + "\n" + sep.lstrip("\n") + rest if table else text
     write_text_atomic(out_md, text)
     return text

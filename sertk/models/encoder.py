@@ -99,7 +99,11 @@ class SpeechEncoder(nn.Module):
         self.normalize = spec["normalize"] if spec.get("normalize") is not None else checkpoint_normalizes(spec)
         self.frozen = spec.get("freeze", False)
         n_layers = self.model.config.num_hidden_layers + 1  # + the CNN/embedding output
-        self.selector = LayerSelector(n_layers, spec.get("layer", "last"))
+        layer = spec.get("layer", "last")
+        if layer not in ("last", "weighted") and not 0 <= int(layer) < n_layers:
+            raise ValueError(f"encoder {spec.get('name_or_path') or spec.get('type')}: layer {layer} does not exist "
+                             f"(it has layers 0..{n_layers - 1}; 0 is the CNN/embedding output)")
+        self.selector = LayerSelector(n_layers, layer)
         self.hidden_size = self.model.config.hidden_size
         if self.frozen:
             for p in self.model.parameters():

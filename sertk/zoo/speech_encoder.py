@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 TYPES = ("wav2vec2", "wavlm", "hubert")
 OBJECTIVE_KEYS = {"masked_prediction": {"weight", "clusters", "mask_prob", "mask_length"},
                   "frame_regression": {"weight", "layer"},
-                  "utterance": {"weight", "layer", "avd_weight"},
+                  "utterance": {"weight", "layer", "avd_weight", "pooling"},
                   "denoise": {"prob", "snr_db"}}
 DATA_KEYS = {"sample_rate", "max_duration", "dev_speakers", "buckets", "n_mels", "normalize"}
 
@@ -126,15 +126,16 @@ class PretrainModel(nn.Module):
     """The encoder plus the pre-training heads; forward gives what the losses need."""
 
     def __init__(self, encoder: nn.Module, n_clusters: int, n_emotions: int, layer: int, n_frame_targets: int,
-                 frame_layer: int, normalize: bool = True):
+                 frame_layer: int, normalize: bool = True, pooling: str = "mean"):
         super().__init__()
-        self.normalize = normalize
+        self.normalize, self.with_std = normalize, pooling == "mean+std"
         h = encoder.config.hidden_size
         self.encoder, self.layer, self.frame_layer = encoder, layer, frame_layer
         self.cluster_head = nn.Linear(h, max(n_clusters, 1))
         self.frame_head = nn.Linear(h, n_frame_targets)
-        self.emotion_head = nn.Linear(h, n_emotions)
-        self.avd_head = nn.Linear(h, 3)
+        pooled = 2 * h if self.with_std else h
+        self.emotion_head = nn.Linear(pooled, n_emotions)
+        self.avd_head = nn.Linear(pooled, 3)
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor, mask_time_indices: torch.Tensor | None = None):
         if self.normalize:
@@ -144,7 +145,11 @@ class PretrainModel(nn.Module):
         hs = out.hidden_states
         flen = frame_lengths(self.encoder, lengths).clamp(max=hs[-1].shape[1])
         valid = lengths_to_mask(flen, hs[-1].shape[1]).unsqueeze(-1).to(hs[-1].dtype)
-        pooled = (hs[self.layer] * valid).sum(1) / valid.sum(1).clamp(min=1)
+        n = valid.sum(1).clamp(min=1)
+        pooled = (hs[self.layer] * valid).sum(1) / n
+        if self.with_std:  # the statistics a mean+std probe reads
+            var = (((hs[self.layer] - pooled.unsqueeze(1)) * valid) ** 2).sum(1) / n
+            pooled = torch.cat([pooled, torch.sqrt(var + 1e-6)], -1)
         return {"clusters": self.cluster_head(hs[-1]), "frames": self.frame_head(hs[self.frame_layer]),
                 "emotion": self.emotion_head(pooled),
                 "avd": self.avd_head(pooled), "frame_lengths": flen}
@@ -304,7 +309,8 @@ def describe(obj: dict) -> str:
                      f"SNR {d.get('snr_db')} dB)")
     if obj.get("utterance"):
         u = obj["utterance"]
-        parts.append(f"utterance emotion + A/V/D heads on layer {u.get('layer')} (pool labels)")
+        parts.append(f"utterance emotion + A/V/D heads on the {u.get('pooling', 'mean')} of layer {u.get('layer')} "
+                     f"(pool labels)")
     return "; ".join(parts)
 
 
@@ -348,7 +354,8 @@ def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path) -> di
     layer = int((obj.get("utterance") or {}).get("layer", config.num_hidden_layers))
     frame_layer = int((obj.get("frame_regression") or {}).get("layer", config.num_hidden_layers))
     normalize = bool(data.get("normalize", True))
-    model = PretrainModel(encoder, n_clusters, len(emotions), layer, n_mels + 2, frame_layer, normalize)
+    model = PretrainModel(encoder, n_clusters, len(emotions), layer, n_mels + 2, frame_layer, normalize,
+                          (obj.get("utterance") or {}).get("pooling", "mean"))
     objective = Objective(obj, emotions)
     trainer = Trainer(model, train_set, dev_set, _collate, objective.compute_loss,
                       objective.evaluate, tcfg, workdir,
