@@ -108,8 +108,9 @@ def test_stage7_teacher_and_student_then_stage8_export_and_results(tmp_path):
     _toy_corpus(tmp_path / "data", np.random.default_rng(0))
     split = Split(corpus="toy", protocol="p", scheme="speaker-independent", train="train", dev="dev",
                   tests=["test"], label_map=None)
-    recipe = yaml.safe_load((__import__("pathlib").Path(__file__).parent.parent
-                             / "egs/mini_emo/conf/teacher.yaml").read_text())
+    from zoo_fixtures import without_zoo
+    recipe = without_zoo(yaml.safe_load((__import__("pathlib").Path(__file__).parent.parent
+                                         / "egs/mini_emo/conf/teacher.yaml").read_text()))
     tcfg = {**recipe, "train": {**recipe["train"], "epochs": 1, "progress": False}, "eval": {"bootstrap": 0}}
     check_config(tcfg, "teacher")
     tctx = TaskContext(tmp_path / "data", tmp_path / "dump", tmp_path / "exp/teacher/p", "teacher", 7)
