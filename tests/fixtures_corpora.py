@@ -290,10 +290,13 @@ def make_tess(root: Path) -> dict:
             tone(top / folder / f"{spk}_{word}_{emo}.wav", emo, variant)
             variant += 1
             files.append(f"{spk}_{word}_{emo}")
+    # the release's one file whose name truncates the speaker: kept, speaker taken from the folder
+    renamed = tone(top / "OAF_neutral" / "OA_bite_neutral.wav", "neutral", variant)
+    files.append("OAF_bite_neutral")
     dup = tone(root / "tess toronto emotional speech set data" / "OAF_angry" / "OAF_back_angry.wav", "angry")
     wrong = tone(top / "YAF_sad" / "YAF_bean_angry.wav", "angry")        # an angry file in the sad folder
     stray = litter(top)
-    return {"files": files, "n": len(files),
+    return {"files": files, "n": len(files), "renamed": {"OAF_bite_neutral": renamed},
             "skipped": {"duplicate": dup, "folder/name disagree": wrong, "system file": stray[0],
                         "not audio": stray[1]}}
 

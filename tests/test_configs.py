@@ -47,3 +47,11 @@ def test_unknown_config_key_is_named(tmp_path):
     cfg["model"]["Cee"] = 2
     with pytest.raises(ValueError, match="Cee"):
         check_config(cfg, "x.yaml")
+
+
+def test_teacher_configs_reject_unknown_train_keys():
+    """The MSP-Podcast teacher ensemble once passed the dry-run with a misspelt train key."""
+    cfg = load_yaml(ROOT / "egs/msp_podcast/conf/teacher_ensemble.yaml")
+    check_config(cfg, "teacher_ensemble")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        check_config({**cfg, "train": {**(cfg.get("train") or {}), "learning_rate": 1e-4}}, "teacher_ensemble")

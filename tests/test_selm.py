@@ -208,13 +208,13 @@ def test_cached_training_matches_on_the_fly_and_encoder_stays_frozen(corpus, tmp
         states[cache] = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
         if not cache:
             after = model.encoder.state_dict()
-            assert all(torch.equal(before[k], after[k]) for k in before), "frozen encoder changed in training"
+            assert all(torch.equal(before[k], after[k].cpu()) for k in before), "frozen encoder changed in training"
     assert states[True].keys() == states[False].keys()
     for k in states[True]:
         assert torch.allclose(states[True][k], states[False][k], atol=1e-4), k
     # the cache is reused (same key) and keyed on the data: another set gets another key
     key_a = cache_key(env.encoder_spec, env.weights_digest, corpus / "data" / "a_train", 16000, None)
-    assert (corpus / "dump" / "encoder_feats" / key_a / "a_train" / "feats.safetensors").is_file()
+    assert (corpus / "dump" / "encoder_feats" / key_a / "a_train" / "index.json").is_file()  # written last
     assert key_a != cache_key(env.encoder_spec, env.weights_digest, corpus / "data" / "b_train", 16000, None)
     assert key_a != cache_key(env.encoder_spec, "other-weights", corpus / "data" / "a_train", 16000, None)
 
@@ -222,6 +222,7 @@ def test_cached_training_matches_on_the_fly_and_encoder_stays_frozen(corpus, tmp
 def test_task_trains_evaluates_and_adapts_few_shot(corpus, tmp_path):
     cfg = _cfg(fewshot={"k": [1, 2], "pool": {"b_test": "b_train"}, "train": {"epochs": 2, "progress": False}},
                eval={"batch_size": 8, "bootstrap": 0, "lm_prior_weight": 0.2})
+    cfg["train"]["device"] = "cpu"  # scores are re-computed below on the CPU in float32
     check_config(cfg, "test")
     split, ctx = _split(corpus), _ctx(corpus, tmp_path / "exp" / "a")
     task.train(cfg, split, ctx)
@@ -270,3 +271,69 @@ def test_lm_modes_train_what_they_say(tok, mode):
     model = SELM(lm, 8, PREFIX)
     model.train()
     assert model.lm.training == (mode != "frozen") and model.prefixer.training
+
+
+# ------------------------------------------- labels the model lacks, partial views --
+
+def _relabel(root, name, new: dict[str, str], drop_avd: int = 0):
+    """Give some utterances of a written set other labels; drop the A/V/D of the first ``drop_avd``."""
+    d = DataDir.read(root / "data" / name)
+    for u, lab in new.items():
+        d.tables["utt2emo"][u] = lab
+    d.tables["utt2avd"] = {u: v for i, (u, v) in enumerate(sorted(d.tables["utt2avd"].items())) if i >= drop_avd}
+    d.write(root / "data" / name)
+    return d
+
+
+@pytest.fixture(scope="module")
+def odd_labels(corpus, tmp_path_factory):
+    """A model trained on a set with partial utt2avd, and a test set with classes it lacks (calm, fru)."""
+    _write_set(corpus, "p_train", 3, 7)
+    partial = _relabel(corpus, "p_train", {}, drop_avd=5)
+    _write_set(corpus, "c_test", 2, 8)
+    utts = DataDir.read(corpus / "data" / "c_test").utts
+    _relabel(corpus, "c_test", {utts[0]: "calm", utts[1]: "calm", utts[2]: "fru"})
+    split = Split(corpus="toy", protocol="odd", scheme="x", train="p_train", dev="a_dev", tests=["c_test"],
+                  label_map=str(corpus / "labels.yaml"))
+    exp = tmp_path_factory.mktemp("odd") / "exp"
+    cfg = _cfg(train={"epochs": 1, "batch_size": 4, "lr": 3e-3, "progress": False})
+    return split, _ctx(corpus, exp), cfg, utts, len(partial.tables["utt2avd"])
+
+
+def test_each_view_trains_on_the_utterances_that_have_its_targets(odd_labels, caplog):
+    split, ctx, cfg, _, n_avd = odd_labels
+    with caplog.at_level("INFO", logger="sertk.tasks.selm"):
+        task.train(cfg, split, ctx)
+    assert "p_train: views: categorical 12 utts, sentiment 12 utts, dimensional 7 utts" in caplog.text
+    assert n_avd == 7
+    env = task._Env(cfg, split, ctx)
+    tokz = task._make_tokenizer(cfg, CLASSES)
+    views = task._views(cfg, CLASSES)
+    ex = env.dataset("p_train", tokz, views).examples
+    assert task.view_counts(ex, views) == {"categorical": 12, "sentiment": 12, "dimensional": 7}
+
+
+def test_test_classes_the_model_lacks_are_mapped_or_dropped_with_few_shot(odd_labels):
+    split, ctx, cfg, utts, _ = odd_labels
+    if not (ctx.expdir / "best.safetensors").is_file():
+        task.train(cfg, split, ctx)
+    fewshot = {"k": [1], "pool": {"c_test": "c_test"}, "train": {"epochs": 1, "progress": False}}
+    # calm merged into neutral, fru (no class) dropped: scored and adapted few-shot on what is left
+    mapped = _cfg(eval={"batch_size": 8, "bootstrap": 0, "label_mapping": {"calm": "neutral"},
+                        "drop_unmapped": True}, fewshot=fewshot)
+    written = task.evaluate(mapped, split, ctx)
+    rec = json.loads((ctx.expdir / "eval" / "c_test" / "results.json").read_text())
+    assert rec["extra"]["dropped_unmapped"] == 1
+    # 8 utterances: two relabelled calm (scored as neutral, beside the one neutral left), one fru
+    assert sum(map(sum, rec["confusion"])) == 7 and sum(rec["confusion"][CLASSES.index("neutral")]) == 3
+    shot = json.loads(next(p for p in written if "fewshot" in str(p)).read_text())
+    assert shot["extra"]["fewshot_n"] == 4  # one per model class; fru is never drawn
+    assert sum(map(sum, shot["confusion"])) == 3  # 7 scored less the 4 adaptation utterances
+    # without the mapping calm is unmapped too: dropped, or an error naming the utterance and class
+    dropped = _cfg(eval={"batch_size": 8, "bootstrap": 0, "drop_unmapped": True}, fewshot=fewshot)
+    task.evaluate(dropped, split, ctx)
+    rec = json.loads((ctx.expdir / "eval" / "c_test" / "results.json").read_text())
+    assert rec["extra"]["dropped_unmapped"] == 3 and sum(map(sum, rec["confusion"])) == 5
+    strict = _cfg(eval={"batch_size": 8, "bootstrap": 0}, fewshot=fewshot)
+    with pytest.raises(ValueError, match=f"utterance '{utts[0]}' has class 'calm', unknown to the model"):
+        task.evaluate(strict, split, ctx)

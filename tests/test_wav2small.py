@@ -43,8 +43,7 @@ def test_batched_padded_input_matches_single_utterance_and_is_gain_invariant(mak
         batched = m(wav, torch.tensor([16000, 9000]))
         alone = m(wav[1:, :9000])
         louder = m(wav[1:, :9000] * 7.0)
-    if isinstance(m, Wav2Small):  # masked attention pooling; the MobileNets' global pooling sees the padding
-        torch.testing.assert_close(batched[1], alone[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(batched[1], alone[0], atol=1e-4, rtol=1e-4)  # masked pooling in both
     torch.testing.assert_close(alone, louder, atol=1e-4, rtol=1e-4)
 
 
@@ -101,7 +100,7 @@ def test_teacher_labels_are_cached_per_seed_and_a_student_learns_them(tmp_path):
     d = _unlabelled_dir(tmp_path)
     aug = AugmentConfig(noise_p=0.0, speed_p=0.0)
     labels = label_with_teacher(_Loudness(), d, tmp_path / "cache", [0, 1], aug)
-    cached = read_cache(tmp_path / "cache" / "unlab" / "seed1.txt")
+    cached = read_cache(next((tmp_path / "cache").glob("unlab*/seed1.txt")))  # name, then any content digest
     assert len(cached) == 16 and np.allclose(cached["u03"], labels[("u03", 1)], atol=1e-5)
     again = label_with_teacher(None, d, tmp_path / "cache", [0, 1], aug)  # served from the cache: no teacher
     assert np.allclose(again[("u05", 0)], labels[("u05", 0)])

@@ -27,7 +27,7 @@ backend=local             # job backend: local or slurm
 slurm_opts=               # extra sbatch options for --backend slurm
 sample_rate=16000         # rate audio is resampled to for features and models
 token_scope=global        # concept-token thresholds: global or speaker
-ser_configs=              # stage 3-4 model configs (SELM and baselines)
+ser_configs=              # stage 3-4 model configs (SELM and baselines); an entry CONFIG@PROTOCOLS runs on that protocols file
 icl_configs=              # stage 5-6 configs
 distill_configs=          # stage 7-8 configs (teacher, students)
 zsfuse_configs=           # stage 9 configs
@@ -55,6 +55,15 @@ run_stage() {
     --redo "$redo" -- "$@"
 }
 sets() { sertk protocols --protocols "$protocols" --list-sets; }
+# An entry of a --*-configs list is CONFIG, run on --protocols, or CONFIG@PROTOCOLS_FILE, run on that file.
+config_of() { echo "${1%%@*}"; }
+protocols_of() { case $1 in *@*) echo "${1#*@}" ;; *) echo "$protocols" ;; esac; }
+extra_protocols() {  # every other protocols file a CONFIG@PROTOCOLS entry names, once each
+  local c
+  for c in $ser_configs $icl_configs $distill_configs $zsfuse_configs $token_configs; do
+    case $c in *@*) [ "${c#*@}" = "$protocols" ] || echo "${c#*@}" ;; esac
+  done | awk '!seen[$0]++'
+}
 
 if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
   if [ -z "$zoo_config" ]; then
@@ -73,6 +82,24 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   # shellcheck disable=SC2086
   run_stage 1 data "conf local $protocols" "$data" -- bash -c "$prepare_cmd"
   sertk protocols --protocols "$protocols" --data "$data" --validate
+  # protocols files with a build: section (multi-corpus sets from sibling recipes, e.g. SELM's) are
+  # built here; a sibling that is not prepared stops the run, naming it and the command that prepares
+  # it, unless the run ends before the model stages (preparing this corpus as another's sibling)
+  for p in $(extra_protocols); do
+    [ -f "$p" ] || { log "no such protocols file: $p (named by a CONFIG@PROTOCOLS entry)"; exit 1; }
+    ins=$("$python" -m sertk.bin.build_multicorpus --protocols "$p" --data "$data" --list-inputs) || {
+      [ "$stop_stage" -lt 3 ] || exit 1
+      log "stage 1: the sets of $p are not built (above); the model stages that use it need them"; continue; }
+    if [ -n "$ins" ]; then
+      log "stage 1: multi-corpus sets of $p"
+      run_stage 1 "build_$(basename "$p" .yaml)" "$ins" \
+        "$("$python" -m sertk.bin.build_multicorpus --protocols "$p" --data "$data" --list-outputs)" -- \
+        "$python" -m sertk.bin.build_multicorpus --protocols "$p" --data "$data"
+      sertk protocols --protocols "$p" --data "$data" --validate --no-audio   # siblings checked their audio
+    else
+      sertk protocols --protocols "$p" --data "$data" --validate
+    fi
+  done
 fi
 
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
@@ -96,21 +123,33 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
       --feats "$dump/egemaps" --out "$dump/tokens" --scope "$token_scope"
 fi
 
-# run_configs STAGE NAME ACTION CONFIGS: train or evaluate each config on every protocol.
+# run_configs STAGE ACTION CONFIGS: train or evaluate each config on every protocol of its protocols file.
 run_configs() {
-  local num=$1 action=$2 configs=$3 c tag launcher
+  local num=$1 action=$2 configs=$3 entry c p tag launcher deps
   launcher="$python"
   [ "$action" = train ] && [ -n "$train_launcher" ] && launcher=$train_launcher
-  for c in $configs; do
+  for entry in $configs; do
+    c=$(config_of "$entry"); p=$(protocols_of "$entry")
+    [ -f "$c" ] || { log "stage $num: no such config $c"; exit 1; }
+    [ -f "$p" ] || { log "stage $num: no such protocols file $p (in $entry)"; exit 1; }
+    if [ "$p" != "$protocols" ]; then  # multi-corpus sets: name unprepared sibling recipes, not a missing dir
+      "$python" -m sertk.bin.build_multicorpus --protocols "$p" --data "$data" --list-inputs >/dev/null || exit 1
+    fi
     tag=$(basename "$c" .yaml)
-    # models another config trained (e.g. SELM's encoder from exp/classifier) are inputs too
+    # models another config trained (e.g. SELM's encoder from exp/classifier) are inputs too,
+    # and at evaluation their results (e.g. eval.baseline: the relative gain)
     deps=$(for d in $(grep -oE 'exp/[A-Za-z0-9_.-]+' "$c" | sort -u); do
-             find "$d" -name best.safetensors -not -path '*/checkpoints/*' 2>/dev/null; done | sort | tr '\n' ' ')
+             [ "$d" != "exp/$tag" ] || continue
+             find "$d" -name best.safetensors -not -path '*/checkpoints/*' 2>/dev/null || true
+             if [ "$action" = evaluate ]; then
+               find "$d" -path '*/eval/*' -name results.json -not -path '*/fewshot/*' 2>/dev/null || true
+             fi
+           done | sort | tr '\n' ' ')
     # zoo models a config names: a rebuilt zoo model re-runs the stage
     deps+=$(for d in $(grep -oE "(^|[ {:])$zoo/[A-Za-z0-9_.-]+" "$c" | grep -oE "$zoo/[A-Za-z0-9_.-]+" | sort -u); do
-              [ -f "$d/zoo.json" ] && printf ' %s' "$d/zoo.json"; done)
-    run_stage "$num" "${action}_${tag}" "$c $protocols $data $dump/egemaps $deps" "$exp/$tag" -- \
-      $launcher -m sertk.bin.$action --config "$c" --protocols "$protocols" --data "$data" \
+              [ ! -f "$d/zoo.json" ] || printf ' %s' "$d/zoo.json"; done)
+    run_stage "$num" "${action}_${tag}" "$c $p $data $dump/egemaps $deps" "$exp/$tag" -- \
+      $launcher -m sertk.bin.$action --config "$c" --protocols "$p" --data "$data" \
         --dump "$dump" --exp "$exp/$tag" --corpus "$corpus" --sample-rate "$sample_rate" --stage "$num" "${set_args[@]+"${set_args[@]}"}"
   done
 }

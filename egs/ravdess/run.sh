@@ -1,8 +1,23 @@
 #!/usr/bin/env bash
 # RAVDESS speech: 8 emotions, speaker-independent 6-fold cross-validation.
-#   ./run.sh                               # stages 1-4 and 11 (data, eGeMAPS, baseline, report)
+#   ./run.sh                               # stages 1-4 and 11 (data, eGeMAPS, SELM + baseline, report)
 #   ./run.sh --stage 1 --stop-stage 2      # data preparation and features only
 #   ./run.sh --help                        # every option
+# SELM (stages 3-4, conf/selm.yaml) runs out of corpus, as in the SELM paper: trained on
+# CREMA-D, IEMOCAP, TESS and MSP-Podcast (data/selm_multi_*, built by stage 1 from those recipes),
+# tested on all of RAVDESS (data/selm_test), beside the classifier baseline with the same
+# encoder and training set (conf/classifier_multicorpus.yaml); each SELM result carries
+# extra.relative_gain_uar over it. The SELM table, with the corpora and a GPU (models
+# facebook/wav2vec2-base and gpt2 from the hub):
+#   (cd ../cremad && ./run.sh --stage 1 --stop-stage 1)      # set CREMAD in ../cremad/db.sh first
+#   (cd ../iemocap && ./run.sh --stage 1 --stop-stage 1)     # set IEMOCAP in ../iemocap/db.sh first
+#   (cd ../tess && ./run.sh --stage 1 --stop-stage 1)        # set TESS in ../tess/db.sh first
+#   (cd ../msp_podcast && ./run.sh --stage 1 --stop-stage 1) # set MSP_PODCAST in ../msp_podcast/db.sh first
+#   ./run.sh --stage 1        # this corpus, the multi-corpus sets, eGeMAPS, classifier, SELM, report
+# Results: exp/selm/selm_multicorpus/eval/selm_test/results.json (few-shot: fewshot_curve.tsv
+# there), exp/classifier_multicorpus/..., all in exp/RESULTS.md. Without the sibling
+# corpora, stage 1 stops and names them; run the in-corpus baseline alone with
+#   ./run.sh --ser-configs conf/egemaps_lr.yaml
 # Set RAVDESS in db.sh first (see docs/corpora.md).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,5 +27,5 @@ cd "$(dirname "$0")"
   --corpus ravdess \
   --prepare-cmd "python3 local/prepare.py --db '${RAVDESS}' --out data --protocols conf/protocols.yaml" \
   --protocols conf/protocols.yaml \
-  --ser-configs "conf/egemaps_lr.yaml" \
+  --ser-configs "conf/egemaps_lr.yaml conf/classifier_multicorpus.yaml@conf/protocols_selm.yaml conf/selm.yaml@conf/protocols_selm.yaml" \
   "$@"

@@ -1,7 +1,9 @@
 """Combine data dirs into one (Kaldi's combine_data.sh): DEST SRC1 SRC2 ...
 
 Ids must not collide across sources (prefix them per corpus in data
-preparation); files present in only some sources are dropped with a warning.
+preparation); label files (utt2emo, utt2avd) are kept for the utterances
+that have them; other files present in only some sources are dropped with a
+warning.
 """
 from __future__ import annotations
 

@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import sys
-from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -36,6 +35,7 @@ from sertk.common.logging import setup_logging
 from sertk.common.protocol import load_protocols
 from sertk.data.datadir import DataDir, DataDirError, byte_sorted
 from sertk.data.labels import CANONICAL_EMOTIONS, LabelError, LabelMap
+from sertk.data.multicorpus import CorpusSetError, canonical_datadir  # noqa: F401 (re-exported)
 from sertk.features.egemaps import EgemapsExtractor, extract_datadir
 from sertk.features.store import FeatureStoreError, read_scp_index
 from sertk.tasks import TaskContext
@@ -47,46 +47,8 @@ DEFAULT_CONFIG = {"task": "egemaps_linear", "baseline": True,
                   "eval": {"bootstrap": 200}}
 
 
-class CrossCorpusError(RuntimeError):
+class CrossCorpusError(CorpusSetError):
     """A recipe is not ready (no data, no canonical map) or the request cannot be met."""
-
-
-def canonical_datadir(recipe: Path, set_name: str, labels: list[str]) -> tuple[str, DataDir]:
-    """(corpus name, the recipe's set with utt2emo on the canonical vocabulary, restricted to ``labels``)."""
-    name = recipe.resolve().name
-    data = recipe / "data" / set_name
-    cmap_path = recipe / "conf" / "labels_canonical.yaml"
-    if not (data / "utt2spk").is_file():
-        raise CrossCorpusError(f"{data}: not prepared; run stage 1 first: (cd {recipe} && ./run.sh --stop-stage 1)")
-    if not cmap_path.is_file():
-        raise CrossCorpusError(f"{cmap_path}: missing; a cross-corpus recipe maps its labels onto "
-                               f"{', '.join(CANONICAL_EMOTIONS)} there")
-    cmap = LabelMap.load(cmap_path)
-    dd = DataDir.read(data)
-    if not dd.has("utt2emo"):
-        raise CrossCorpusError(f"{data}: no utt2emo")
-    keep, dropped = [], Counter()
-    new_emo = {}
-    for u in dd.utts:
-        raw = dd.utt2emo[u]
-        lab = cmap.canonical(raw) if raw in cmap else None
-        if lab in labels:
-            keep.append(u)
-            new_emo[u] = lab
-        else:
-            dropped[raw] += 1
-    if dropped:
-        log.info("%s: left out %d utterance(s) whose label is outside %s: %s", name, sum(dropped.values()),
-                 labels, ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())))
-    if not keep:
-        raise CrossCorpusError(f"{name}: no utterance has one of the labels {labels}")
-    sub = dd.subset(keep)
-    sub.tables["utt2emo"] = {u: new_emo[u] for u in keep}
-    missing = [lab for lab in labels if lab not in set(new_emo.values())]
-    if missing:
-        log.warning("%s has no utterance of %s: as training data it never predicts them; as test data they "
-                    "are not scored", name, missing)
-    return name, sub
 
 
 def feature_index(recipe: Path, utts: list[str], out_dir: Path, datadir: DataDir, sample_rate: int) -> dict[str, str]:
@@ -163,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(out / "cross_corpus.log")
     try:
         return _run(args, out)
-    except (CrossCorpusError, ConfigError, LabelError, DataDirError, FeatureStoreError) as e:
+    except (CorpusSetError, ConfigError, LabelError, DataDirError, FeatureStoreError) as e:
         print(f"sertk cross-corpus: {e}", file=sys.stderr)
         return 1
 

@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from sertk.common.fileio import write_text_atomic
-from sertk.data.audio import read_audio
-from sertk.data.datadir import byte_sorted, read_table
+from sertk.data.dataset import AudioDataset
+from sertk.data.datadir import DataDir, byte_sorted, read_table
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".aiff", ".aif", ".ogg"}
 
@@ -36,17 +36,15 @@ def list_audio_dir(root: Path) -> dict[str, str]:
 def predict_speech_model(expdir: Path, items: dict[str, str], batch_size: int) -> tuple[dict, np.ndarray]:
     from sertk.tasks.speech_classifier import load_trained
 
+    from sertk.train.inference import place, predict
+
     model, info = load_trained(expdir)
-    sr = info["sample_rate"]
+    model = place(model)  # the GPU when there is one
     utts = byte_sorted(items)
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(utts), batch_size):
-            wavs = [torch.from_numpy(read_audio(items[u], sr, utt=u)[0]) for u in utts[i:i + batch_size]]
-            lengths = torch.tensor([len(w) for w in wavs])
-            batch = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
-            outs.append(model(batch, lengths).float())
-    return info, torch.cat(outs).numpy()
+    files = AudioDataset(DataDir({"wav.scp": {u: items[u] for u in utts}, "utt2spk": {u: u for u in utts}}),
+                         info["sample_rate"], targets=())
+    _, out = predict(model, files, batch_size)  # batched as stage 4 batches: the same scores
+    return info, out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,9 @@ UTT_FILES = {
 }
 # wav.scp is keyed by recording id when a segments file is present.
 REQUIRED = ("wav.scp", "utt2spk")
+# Per-utterance targets. A multi-corpus dir may hold each for only some
+# utterances (a corpus without A/V/D): combining keeps them where present.
+LABEL_FILES = ("utt2emo", "utt2avd")
 
 
 class DataDirError(ValueError):
@@ -176,23 +179,56 @@ class DataDir:
                 tables[name] = {k: v for k, v in table.items() if k in keep}
         return DataDir(tables)
 
+    def with_prefix(self, prefix: str) -> "DataDir":
+        """Utterance, speaker (and recording) ids prefixed ``prefix-``, so corpora can be combined."""
+        def p(x: str) -> str:
+            return f"{prefix}-{x}"
+        tables: dict[str, dict[str, str]] = {}
+        for name, table in self.tables.items():
+            if name == "wav.scp" and "segments" in self.tables:
+                tables[name] = {p(r): v for r, v in table.items()}
+            elif name == "segments":
+                tables[name] = {p(u): " ".join([p(v.split()[0]), *v.split()[1:]]) for u, v in table.items()}
+            elif name == "utt2spk":
+                tables[name] = {p(u): p(v) for u, v in table.items()}
+            else:
+                tables[name] = {p(u): v for u, v in table.items()}
+        return DataDir(tables)
+
     @classmethod
     def combine(cls, dirs: list["DataDir"]) -> "DataDir":
-        """Union of data dirs; ids must not collide (prefix them per corpus)."""
-        names = set.intersection(*(set(d.tables) for d in dirs))
-        if any("segments" in d.tables for d in dirs) and "segments" not in names:
+        """Union of data dirs; ids must not collide (prefix them per corpus).
+
+        Label tables (``LABEL_FILES``) are kept for the utterances that have
+        them, so one corpus without A/V/D does not erase every other corpus's
+        (SELM trains its dimensional view on those). ``wav.scp`` and ``utt2spk``
+        must be in every dir; any other file present in only some dirs is
+        dropped with a warning.
+        """
+        log = logging.getLogger(__name__)
+        for i, d in enumerate(dirs, 1):
+            for n in REQUIRED:
+                if n not in d.tables:
+                    raise DataDirError(f"combine: {d.path or f'data dir {i}'} has no {n}, which every dir needs")
+        present = [set(d.tables) for d in dirs]
+        common = set.intersection(*present)
+        if any("segments" in p for p in present) and "segments" not in common:
             raise DataDirError("combine: either all or none of the dirs may have a segments file")
-        tables: dict[str, dict[str, str]] = {n: {} for n in names}
+        labels = {n for n in LABEL_FILES if any(n in p for p in present)}
+        names = [n for n in (*UTT_FILES, *sorted(set().union(*present))) if n in common | labels]
+        tables: dict[str, dict[str, str]] = {n: {} for n in dict.fromkeys(names)}
         for d in dirs:
-            for n in names:
-                for k, v in d.tables[n].items():
+            for n in tables:
+                for k, v in d.tables.get(n, {}).items():
                     if k in tables[n] and tables[n][k] != v:
                         raise DataDirError(f"combine: id {k!r} in {n} appears twice with different values")
                     tables[n][k] = v
-        dropped = set().union(*(set(d.tables) for d in dirs)) - names
+        n_utts = len(tables["utt2spk"])
+        for n in sorted(labels - common):
+            log.info("combine: %s covers %d of %d utterances (only some dirs have it)", n, len(tables[n]), n_utts)
+        dropped = set().union(*present) - set(tables)
         if dropped:
-            logging.getLogger(__name__).warning(
-                "combine: fields not present in every dir were dropped: %s", ", ".join(sorted(dropped)))
+            log.warning("combine: fields not present in every dir were dropped: %s", ", ".join(sorted(dropped)))
         return cls(tables)
 
 

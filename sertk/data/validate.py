@@ -24,7 +24,7 @@ import soundfile as sf
 
 from sertk.common.fileio import atomic_dir
 from sertk.data.audio import AudioError, read_audio
-from sertk.data.datadir import REQUIRED, UTT_FILES, DataDir, DataDirError, byte_sorted, write_table
+from sertk.data.datadir import LABEL_FILES, REQUIRED, UTT_FILES, DataDir, DataDirError, byte_sorted, write_table
 from sertk.data.labels import LabelError, LabelMap
 
 FIX_HINT = "run utils/fix_data_dir.sh DIR to drop them"
@@ -224,6 +224,7 @@ class _State:
     tables: dict[str, _Table]
     universe: set[str]  # every id seen in any per-utterance file
     drop: dict[str, str]  # utt -> first reason it must go
+    partial: set[str] = field(default_factory=set)  # label tables that cover only some domains
 
 
 def _validate(path: Path, label_map: LabelMap | None, check_audio: bool, min_duration: float,
@@ -264,11 +265,17 @@ def _validate(path: Path, label_map: LabelMap | None, check_audio: bool, min_dur
     universe = set(ref.rows) | set().union(*(t.dropped_ids for n, t in tables.items() if n in utt_files))
     for n in utt_files:
         universe |= set(tables[n].rows)
+    partial: set[str] = set()
     for n in utt_files:
         if n == "utt2spk":
             continue
         t = tables[n]
         lacking = set(ref.rows) - set(t.rows) - t.dropped_ids
+        if lacking and n in LABEL_FILES:
+            whole = _uncovered_domains(t, lacking, tables, rep)
+            if whole:
+                partial.add(n)
+                lacking -= whole
         extra = set(t.rows) - set(ref.rows) - ref.dropped_ids
         if lacking:
             flag(Issue(str(t.path), f"{len(lacking)} utterance(s) of utt2spk have no line here, e.g. {_example(lacking)}",
@@ -382,7 +389,28 @@ def _validate(path: Path, label_map: LabelMap | None, check_audio: bool, min_dur
     rep.num_speakers = len({v for _, v in ref.rows.values()})
     rep.class_counts = dict(sorted(counts.items(), key=lambda kv: (
         label_map.labels.index(kv[0]) if label_map and kv[0] in label_map.labels else 1 << 30, kv[0])))
-    return rep, _State(tables, universe, drop)
+    return rep, _State(tables, universe, drop, partial)
+
+
+def _uncovered_domains(t: _Table, lacking: set[str], tables: dict[str, _Table], rep: ValidationReport) -> set[str]:
+    """Utterances of ``lacking`` whose whole domain (utt2domain) has no line in label table ``t``.
+
+    A multi-corpus set keeps each label table where its corpora have it (a
+    corpus without A/V/D has no utt2avd lines): a warning, not an error. A gap
+    inside a domain that the table does cover is still an error.
+    """
+    if "utt2domain" not in tables:
+        return set()
+    u2d = {u: v.split()[0] for u, (_, v) in tables["utt2domain"].rows.items() if v.split()}
+    covered = {u2d.get(u) for u in t.rows}
+    whole = {u for u in lacking if u in u2d and u2d[u] not in covered}
+    if whole:
+        doms = Counter(u2d[u] for u in whole)
+        rep.warnings.append(Issue(str(t.path), f"covers {len(t.rows)} utterance(s); the {len(whole)} of domain(s) "
+                                  + ", ".join(f"{d} ({k})" for d, k in sorted(doms.items()))
+                                  + " (utt2domain) have none: they carry no target of this kind",
+                                  "expected in a multi-corpus set whose corpora lack these labels", "partial labels"))
+    return whole
 
 
 def _users_of(rec: str, tables: dict[str, _Table]) -> set[str]:
@@ -498,7 +526,7 @@ def _write_fixed(src: Path, out: Path, state: _State) -> dict[str, str] | None:
     has_segments = "segments" in tables
     names = [n for n in tables if n != "spk2utt"]
     utt_files = [n for n in names if not (n == "wav.scp" and has_segments)]
-    keep = set.intersection(*(set(tables[n].rows) for n in utt_files)) - set(state.drop)
+    keep = set.intersection(*(set(tables[n].rows) for n in utt_files if n not in state.partial)) - set(state.drop)
     dropped = {u: state.drop.get(u, "not in every file") for u in state.universe - keep}
     if not keep:
         return None

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader
 
 from sertk.common.fileio import write_json_atomic, write_text_atomic
 from sertk.common.protocol import Split
@@ -36,8 +35,9 @@ from sertk.models.dawn import AVD_OUTPUTS
 from sertk.models.mobilenet_student import ARCHS, MobileNetStudent
 from sertk.models.wav2small import Wav2Small
 from sertk.tasks import TaskContext, reject_unknown
-from sertk.tasks.teacher import collapsed_members, gold_range, load_teacher, predict, scaled_gold, teacher_info
+from sertk.tasks.teacher import collapsed_members, gold_range, load_teacher, scaled_gold, teacher_digest, teacher_info
 from sertk.train.distill import LOSSES, AugmentConfig, DistillDataset, cache_dir, distill_loss, label_with_teacher
+from sertk.train.inference import place, run_model
 from sertk.train.trainer import (Trainer, TrainConfig, chance_level, constant_outputs, default_batches, load_weights,
                                  verdict)
 
@@ -110,47 +110,64 @@ def _no_singletons(dataset, epoch, rank, world_size, *, cfg: TrainConfig):
 def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     model = build_student(cfg["student"])  # first: its initial weights depend on the seed alone, not on the teacher
     check_teacher(cfg, _teacher_dir(cfg, split))
-    teacher, tinfo = load_teacher(_teacher_dir(cfg, split))
-    if torch.cuda.is_available():  # labelling is the teacher's only job here: put it on the GPU when there is one
-        teacher = teacher.cuda()
+    tcfg = dict(cfg.get("train") or {})
+    tcfg.setdefault("select_metric", "ccc_teacher_mean")
+    tcfg.setdefault("select_mode", "max")
+    train_cfg = TrainConfig.from_dict(tcfg)
     d = cfg.get("distill") or {}
     aug = AugmentConfig.from_dict(d.get("augment"))
     max_dur = (cfg.get("data") or {}).get("max_duration")
     seeds = list(range(int(d.get("copies", 1)) + 1))
-    cache = cache_dir(ctx.dump / "teacher_labels", tinfo["digest"], aug)
+    teacher = _TeacherOnDemand(_teacher_dir(cfg, split), train_cfg.device)
+    cache = cache_dir(ctx.dump / "teacher_labels", teacher.info["digest"], aug, ctx.sample_rate, max_dur)
     sets = d.get("train_sets") or [split.train]
     labels = {}
     for s in sets:
-        labels.update(label_with_teacher(teacher, ctx.datadir(s), cache, seeds, aug, ctx.sample_rate, max_dur))
+        labels.update(label_with_teacher(teacher, ctx.datadir(s), cache, seeds, aug, ctx.sample_rate, max_dur,
+                                         amp=train_cfg.amp))
     dev = split.dev or split.train
-    dev_labels = label_with_teacher(teacher, ctx.datadir(dev), cache, [0], aug, ctx.sample_rate, max_dur)
+    dev_labels = label_with_teacher(teacher, ctx.datadir(dev), cache, [0], aug, ctx.sample_rate, max_dur,
+                                    amp=train_cfg.amp)
     train_set = DistillDataset([ctx.datadir(s) for s in sets], labels, seeds, aug, ctx.sample_rate, max_dur)
     dev_set = DistillDataset([ctx.datadir(dev)], dev_labels, [0], aug, ctx.sample_rate, max_dur)
-    del teacher
+    teacher.release()
     kind, w = d.get("loss", "ccc"), float(d.get("mse_weight", 1.0))
 
     def compute_loss(net, batch):
         return distill_loss(net(batch["wav"], batch["lengths"]), batch["avd"], kind, w)
 
     def evaluate(net, loader):
-        utts, out = predict(net, loader)
+        utts, out = run_model(net, loader, amp=train_cfg.amp)
         target = np.stack([dev_labels[(u.rsplit("#s", 1)[0], 0)] for u in utts])
         r = regression_metrics(out, target, NAMES)
         return {"ccc_teacher_mean": r["ccc_mean"], **{f"ccc_teacher_{k}": v for k, v in r["ccc"].items()},
                 "constant_outputs": constant_outputs(out)}
 
-    tcfg = dict(cfg.get("train") or {})
-    tcfg.setdefault("select_metric", "ccc_teacher_mean")
-    tcfg.setdefault("select_mode", "max")
-    train_cfg = TrainConfig.from_dict(tcfg)
     summary = Trainer(model, train_set, dev_set, collate_audio, compute_loss, evaluate, train_cfg, ctx.expdir,
                       batch_sampler_fn=lambda ds, e, r, ws: _no_singletons(ds, e, r, ws, cfg=train_cfg),
                       **chance_level(train_cfg.select_metric)).fit(resume=True)
     info = {"task": "distill", "student": cfg["student"], "outputs": NAMES, "sample_rate": ctx.sample_rate,
-            "teacher": str(_teacher_dir(cfg, split)), "teacher_digest": tinfo["digest"], "loss": kind,
+            "teacher": str(_teacher_dir(cfg, split)), "teacher_digest": teacher.info["digest"], "loss": kind,
             "train_sets": sets, "copies": len(seeds) - 1, "best_epoch": summary.get("best_epoch"),
             "best_dev": summary.get("best_metrics"), **verdict(summary)}
     write_text_atomic(ctx.expdir / "model.yaml", yaml.safe_dump(info, sort_keys=False))
+
+
+class _TeacherOnDemand:
+    """The teacher, loaded onto ``device`` the first time labels are missing (never when all are cached)."""
+
+    def __init__(self, expdir: Path, device: str):
+        self.expdir, self.device = Path(expdir), device
+        self.info = {**teacher_info(self.expdir), "digest": teacher_digest(self.expdir)}
+        self.model: torch.nn.Module | None = None
+
+    def __call__(self) -> torch.nn.Module:
+        if self.model is None:
+            self.model = place(load_teacher(self.expdir)[0], self.device)
+        return self.model
+
+    def release(self) -> None:
+        self.model = None
 
 
 def load_student(expdir: Path) -> tuple[torch.nn.Module, dict]:
@@ -158,6 +175,13 @@ def load_student(expdir: Path) -> tuple[torch.nn.Module, dict]:
     model = build_student(info["student"])
     load_weights(model, Path(expdir) / "best.safetensors")
     return model.eval(), info
+
+
+def _one_by_one(ds: AudioDataset):
+    """Single-utterance batches: the input the exported model gets."""
+    for i in range(len(ds)):
+        item = ds[i]
+        yield {"utts": [item["utt"]], "wav": item["wav"][None], "lengths": torch.tensor([item["wav"].shape[0]])}
 
 
 def export_student(cfg: dict, model: torch.nn.Module, info: dict, outdir: Path, sample_rate: int) -> dict:
@@ -187,15 +211,20 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
     model, info = load_student(ctx.expdir)
     profile = export_student(cfg, model, info, ctx.expdir / "onnx", ctx.sample_rate)
     write_json_atomic(ctx.expdir / "onnx" / "profile.json", profile)
-    teacher, _ = load_teacher(info["teacher"])
+    train_cfg = TrainConfig.from_dict(dict(cfg.get("train") or {}))
+    model = place(model, train_cfg.device)
+    teacher = _TeacherOnDemand(Path(info["teacher"]), train_cfg.device)
+    # teacher outputs on the full test audio, once per test set for every student and protocol
+    tcache = cache_dir(ctx.dump / "teacher_labels", teacher.info["digest"], AugmentConfig(), ctx.sample_rate, None)
     sess = session(profile["onnx_int8"])
-    bs = (cfg.get("eval") or {}).get("batch_size", 16)
     written = []
     for test in split.tests:
         ds = AudioDataset(ctx.datadir(test), ctx.sample_rate, targets=("avd",))
-        loader = DataLoader(ds, batch_size=bs, collate_fn=collate_audio)
-        utts, fp32 = predict(model, loader)
-        _, tout = predict(teacher, loader)
+        # float and int8 see identical inputs, one unpadded utterance at a time, as deployed
+        utts, fp32 = run_model(model, _one_by_one(ds), amp=False)
+        touts = label_with_teacher(teacher, ctx.datadir(test), tcache, [0], AugmentConfig(), ctx.sample_rate, None,
+                                   amp=train_cfg.amp)
+        tout = np.stack([touts[(u, 0)] for u in utts])
         int8 = np.stack([run_onnx(sess, ds[i]["wav"].numpy()) for i in range(len(ds))])
         gold = scaled_gold(cfg, np.array([ds.datadir.utt2avd[u] for u in utts]))
         metrics = regression_metrics(int8, gold, NAMES)

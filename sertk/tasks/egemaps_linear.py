@@ -73,7 +73,8 @@ def write_classification(outdir: Path, ctx: TaskContext, protocol: dict, utts: l
     """One test set's metrics (+ UAR bootstrap CI), predictions.txt, scores.txt (posteriors, when given)
     and results.json: the files the report and score fusion read."""
     metrics = classification_metrics(gold, pred, labels)
-    metrics["uar_ci"] = list(bootstrap_ci(gold, pred, "uar", n_boot=n_boot))
+    if n_boot:  # eval.bootstrap: 0 turns the CI off
+        metrics["uar_ci"] = list(bootstrap_ci(gold, pred, "uar", n_boot=n_boot))
     write_text_atomic(outdir / "predictions.txt", "".join(f"{u} {p}\n" for u, p in zip(utts, pred)))
     if probs is not None:
         write_text_atomic(outdir / "scores.txt", "# utt " + " ".join(labels) + "\n" + "".join(

@@ -92,12 +92,16 @@ class _Features:
                           targets=(), max_duration=d.get("max_duration"))
         feats = encoder_features(self.ctx.dump / "encoder_feats", self.encoder, self.spec, self.digest, ds,
                                  set_name, batch_size=d.get("cache_batch_size", 8))
-        with torch.no_grad():  # cached features hold only valid frames: every frame counts
-            x = np.stack([self.pool(feats[u][None], torch.tensor([len(feats[u])]))[0].numpy() for u in ds.utts])
+        x = np.stack([self._pool_one(feats[u]) for u in ds.utts])  # one lazy read per utterance
         x = x.astype(np.float64)
         if self.m.get("speaker_norm", False):
             x = speaker_normalize(x, [ds.datadir.utt2spk[u] for u in ds.utts])
         return ds.datadir, ds.utts, x
+
+    def _pool_one(self, f: torch.Tensor) -> np.ndarray:
+        """Cached features hold only valid frames: every frame counts."""
+        with torch.no_grad():
+            return self.pool(f[None], torch.tensor([len(f)]))[0].numpy()
 
     def predict(self, z, set_name: str, labels: LabelMap):
         """(utterances, gold, predicted labels, posteriors [N, num labels]) of a set."""

@@ -25,6 +25,31 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def select_splits(path: str, restrict: list[str] | None, only: list[str] | None, where: str, log) -> list:
+    """The splits of ``path`` that a config's ``protocols:`` and ``--only`` allow; unknown names are errors."""
+    splits = load_protocols(path)
+    names = list(dict.fromkeys(s.protocol for s in splits))
+    for what, wanted in ((f"{where}: protocols", restrict), ("--only", only)):
+        if wanted is None:
+            continue
+        if not isinstance(wanted, list) or not all(isinstance(p, str) for p in wanted):
+            raise SystemExit(f"{what} must be a list of protocol names")
+        unknown = [p for p in wanted if p not in names]
+        if unknown:
+            raise SystemExit(f"{what} names {unknown}, which {path} does not define (it has: {', '.join(names)})")
+    keep = [n for n in names if (restrict is None or n in restrict) and (only is None or n in only)]
+    for n in names:
+        if n not in keep:
+            why = "the config's 'protocols:'" if restrict is not None and n not in restrict else "--only"
+            log.info("protocol %s skipped: not in %s", n, why)
+    return [s for s in splits if s.protocol in keep]
+
+
+def missing_sets(split, data: Path) -> list[str]:
+    """Data dirs a split names that do not exist (stage 1 makes them)."""
+    return [str(data / s) for s in (split.train, split.dev, *split.tests) if s and not (data / s).is_dir()]
+
+
 def run(action: str, argv: list[str] | None, doc: str, module: str) -> int:
     args = parser(doc).parse_args(argv)
     cfg = resolve_config(args)
@@ -37,14 +62,23 @@ def run(action: str, argv: list[str] | None, doc: str, module: str) -> int:
     else:
         logger = logging.getLogger(module)
     name = Path(args.config).stem if args.config else cfg["task"]
-    # a config may restrict itself to some protocols (e.g. costly models on mini_emo)
-    for split in load_protocols(args.protocols, args.only or cfg.get("protocols")):
+    # a config may restrict itself to some protocols (e.g. distillation to the dimensional one);
+    # the key is the runner's: the task never sees it
+    restrict = cfg.get("protocols")
+    task_cfg = {k: v for k, v in cfg.items() if k != "protocols"}
+    splits = select_splits(args.protocols, restrict, args.only or None, args.config or "config", logger)
+    for split in splits:
+        missing = missing_sets(split, Path(args.data))
+        if missing:
+            raise SystemExit(f"{split.tag}: data dir(s) {', '.join(missing)} missing; run stage 1 first "
+                             f"(./run.sh --stage 1 --stop-stage 1), which prepares them")
+    for split in splits:
         ctx = TaskContext(data=Path(args.data), dump=Path(args.dump), expdir=exp / split.tag, name=name,
                           stage=args.stage, sample_rate=args.sample_rate)
         logger.info("%s %s on %s (train=%s dev=%s test=%s)", action, name, split.tag, split.train,
                     split.dev, ",".join(split.tests))
         # every task builds its model on the global RNG: seeded here, the same config and seed
         # give the same model whatever ran before it in this process
-        seed_everything(config_seed(cfg.get("train")))
-        getattr(task, action)(cfg, split, ctx)
+        seed_everything(config_seed(task_cfg.get("train")))
+        getattr(task, action)(task_cfg, split, ctx)
     return 0

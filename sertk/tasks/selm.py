@@ -19,6 +19,7 @@ import copy
 import logging
 import random
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from sertk.models.selm import SELM, build_lm, encode_example
 from sertk.models.text_tokenizer import HFTokenizer, SentencePieceTokenizer, TextTokenizer, load_tokenizer
 from sertk.models.views import LEVELS, SENTIMENTS, VIEW_NAMES, View, make_views, map_gold, view_values
 from sertk.tasks import TaskContext, reject_unknown
+from sertk.train.inference import amp_dtype, autocast, model_device, place, to_device
 from sertk.train.trainer import Trainer, TrainConfig, chance_level, load_weights, seed_everything, verdict
 
 log = logging.getLogger(__name__)
@@ -191,14 +193,23 @@ def model_inputs(batch: dict) -> dict:
     return {k: batch[k] for k in keys if k in batch}
 
 
-def _examples(datadir, utts: list[str], labels: LabelMap | None, views: dict[str, View],
-              thresholds: tuple[float, float], only: tuple[str, ...] | None = None) -> list[tuple[str, str, list[str]]]:
-    """Every (utt, view, values) the utterance's labels support; categorical needs utt2emo."""
-    u2e = datadir.utt2emo if labels is not None else {}
+def _examples(datadir, utts: list[str], gold: Callable[[str | None], str | None] | None, views: dict[str, View],
+              thresholds: tuple[float, float], only: tuple[str, ...] | None = None,
+              strict: bool = True) -> list[tuple[str, str, list[str]]]:
+    """Every (utt, view, values) the utterance's labels support; categorical needs utt2emo.
+
+    ``gold`` maps a raw utt2emo label to the model's class (None: it has none).
+    ``strict``: such a label is an error naming the file and utterance (training
+    data); otherwise the utterance gives no categorical/sentiment example.
+    """
+    u2e = datadir.utt2emo if gold is not None else {}
     u2a = datadir.utt2avd if (datadir.path and (Path(datadir.path) / "utt2avd").exists()) else {}
     out = []
     for u in utts:
-        emo = labels.canonical(u2e[u]) if u in u2e else None
+        emo = gold(u2e[u]) if u in u2e else None
+        if emo is None and u in u2e and strict:
+            raise ValueError(f"{datadir.path}/utt2emo: utterance {u!r} has label {u2e[u]!r}, which is neither in "
+                             f"the model's label map nor in eval.label_mapping")
         for name, view in views.items():
             if only and name not in only:
                 continue
@@ -206,6 +217,14 @@ def _examples(datadir, utts: list[str], labels: LabelMap | None, views: dict[str
             if vals is not None:
                 out.append((u, name, vals))
     return out
+
+
+def view_counts(examples: list[tuple[str, str, list[str]]], views: dict[str, View]) -> dict[str, int]:
+    """How many utterances feed each view (a view trains only where its targets exist)."""
+    n = {v: set() for v in views}
+    for u, v, _ in examples:
+        n[v].add(u)
+    return {v: len(us) for v, us in n.items()}
 
 
 class _Env:
@@ -217,11 +236,25 @@ class _Env:
         if not path:
             raise ValueError("selm needs a label map (protocols.yaml 'label_map' or config 'label_map')")
         self.labels = LabelMap.load(path)
+        self.mapping = dict((cfg.get("eval") or {}).get("label_mapping") or {})
         self.encoder, self.encoder_spec, self.weights_digest = build_encoder(cfg, split)
         d = cfg.get("data") or {}
         self.max_duration = d.get("max_duration")
         self.use_cache = d.get("cache", True)
         self.thresholds = tuple(cfg["model"].get("avd_thresholds", [0.4, 0.6]))
+        self.train_cfg = TrainConfig.from_dict(dict(cfg.get("train") or {}))  # device and amp of evaluation too
+
+    def gold(self, raw: str | None) -> str | None:
+        """A raw utt2emo label -> the model's class, or None when it has none.
+
+        The label map (aliases included) names it first, then
+        ``eval.label_mapping`` merges classes the model lacks (RAVDESS calm ->
+        neutral); every lookup of a label goes through here.
+        """
+        if raw is None:
+            return None
+        lab = self.labels.canonical(raw) if raw in self.labels else raw
+        return map_gold(lab, self.mapping, self.labels.labels)
 
     def audio(self, set_name: str) -> AudioDataset:
         return AudioDataset(self.ctx.datadir(set_name), sample_rate=self.ctx.sample_rate, label_map=None,
@@ -235,12 +268,16 @@ class _Env:
         return encoder_features(self.ctx.dump / "encoder_feats", self.encoder, self.encoder_spec, self.weights_digest,
                                 ds, set_name, batch_size=(self.cfg.get("data") or {}).get("cache_batch_size", 8))
 
-    def dataset(self, set_name: str, tokenizer: TextTokenizer, views: dict[str, View], only=None,
-                utts: list[str] | None = None) -> ViewExamples:
+    def data(self, set_name: str):
+        """(features or audio source, data dir) of a set."""
         src = self.source(set_name)
-        dd = src.datadir if isinstance(src, AudioDataset) else self.audio(set_name).datadir
+        return src, (src.datadir if isinstance(src, AudioDataset) else self.audio(set_name).datadir)
+
+    def dataset(self, set_name: str, tokenizer: TextTokenizer, views: dict[str, View], only=None,
+                utts: list[str] | None = None, strict: bool = True) -> ViewExamples:
+        src, dd = self.data(set_name)
         utts = utts if utts is not None else dd.utts
-        ex = _examples(dd, utts, self.labels, views, self.thresholds, only)
+        ex = _examples(dd, utts, self.gold, views, self.thresholds, only, strict)
         return ViewExamples(src, utts, ex, views, tokenizer, prompt_ids(self.cfg, tokenizer))
 
     def model(self, tokenizer: TextTokenizer) -> SELM:
@@ -257,14 +294,17 @@ def prompt_ids(cfg: dict, tokenizer: TextTokenizer) -> list[int]:
 
 
 def predict(model: SELM, loader, tokenizer: TextTokenizer, views: dict[str, View], prompt: list[int],
-            prior_weight: float = 0.0) -> dict:
-    """Per utterance: categorical scores [C] and the constrained decoding of every view."""
+            prior_weight: float = 0.0, amp="auto") -> dict:
+    """Per utterance: categorical scores [C] and the constrained decoding of every view.
+
+    Runs where the model lies, under autocast on CUDA (``amp`` as ``train.amp``); scores come back on the CPU.
+    """
     model.eval()
     out = {"utts": [], "scores": [], "views": {n: [] for n in views}}
-    with torch.no_grad():
+    dev = model_device(model)
+    with torch.no_grad(), autocast(dev, amp_dtype(amp, dev)):
         for batch in loader:
-            dev = model.lm.device
-            inputs = {k: batch[k].to(dev) for k in ("feats", "feat_lengths", "wav", "lengths") if k in batch}
+            inputs = to_device({k: batch[k] for k in ("feats", "feat_lengths", "wav", "lengths") if k in batch}, dev)
             prefix = model.audio_prefix(**inputs)
             ctx = [list(prompt) for _ in batch["utts"]]
             for name, view in views.items():
@@ -296,7 +336,7 @@ def _fit(model: SELM, train_set: ViewExamples, dev_set: ViewExamples | None, env
 
     def evaluate(m, loader):
         r = predict(m, loader, tokenizer, cat_view, prompt)
-        gold = [env.labels.canonical(dd.utt2emo[u]) for u in r["utts"]]
+        gold = [env.gold(dd.utt2emo[u]) for u in r["utts"]]
         pred = [v[0] for v in r["views"]["categorical"]]
         c = classification_metrics(gold, pred, env.labels.labels)
         return {"uar": c["uar"], "wa": c["wa"], "macro_f1": c["macro_f1"]}
@@ -317,6 +357,12 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     tokenizer = _make_tokenizer(cfg, env.labels.labels)
     views = _views(cfg, env.labels.labels)
     train_set = env.dataset(split.train, tokenizer, views)
+    counts = view_counts(train_set.examples, views)
+    log.info("%s: views: %s", split.train, ", ".join(f"{v} {n} utts" for v, n in counts.items()))
+    for v, n in counts.items():
+        if not n:
+            log.warning("%s: no utterance has the targets of the %s view (%s): it is not trained", split.train, v,
+                        "utt2avd" if v == "dimensional" else "utt2emo")
     dev_set = env.dataset(split.dev or split.train, tokenizer, views, only=("categorical",))
     if not split.dev:
         log.warning("protocol %s has no dev set: selecting the checkpoint on the training data", split.tag)
@@ -348,19 +394,17 @@ def _score_test(env: _Env, model: SELM, tokenizer, test: str, outdir: Path, name
     """Score ``test`` (less ``exclude``: few-shot examples drawn from the test set itself) and write its results."""
     cfg, ev = env.cfg, env.cfg.get("eval") or {}
     views = _views(cfg, env.labels.labels)
-    ds = env.dataset(test, tokenizer, views, only=("categorical",))
-    dd = env.audio(test).datadir
+    src, dd = env.data(test)
     classes = env.labels.labels
-    # test gold on the model's classes through the canonical vocabulary (+ documented merges)
-    mapping = dict(ev.get("label_mapping") or {})
+    # test gold on the model's classes: label map, then eval.label_mapping (env.gold), before any lookup
     keep, gold, dropped = [], [], []
-    for u in ds.utts:
+    for u in dd.utts:
         if exclude and u in exclude:
             continue
         raw = dd.utt2emo.get(u)
         if raw is None:
             raise ValueError(f"{dd.path}/utt2emo: no label for utterance {u!r}")
-        g = map_gold(env.labels.canonical(raw) if raw in env.labels else raw, mapping, classes)
+        g = env.gold(raw)
         if g is None:
             if not ev.get("drop_unmapped"):
                 raise ValueError(f"{dd.path}/utt2emo: utterance {u!r} has class {raw!r}, unknown to the model "
@@ -369,10 +413,12 @@ def _score_test(env: _Env, model: SELM, tokenizer, test: str, outdir: Path, name
             continue
         keep.append(u)
         gold.append(g)
-    ds = ViewExamples(ds.source, keep, [(u, "categorical", [g]) for u, g in zip(keep, gold)],
+    if dropped:
+        log.info("%s: %d utterance(s) whose class the model lacks left out (eval.drop_unmapped)", test, len(dropped))
+    ds = ViewExamples(src, keep, [(u, "categorical", [g]) for u, g in zip(keep, gold)],
                       views, tokenizer, prompt_ids(cfg, tokenizer))
     r = predict(model, _eval_loader(ds, ev.get("batch_size", 16)), tokenizer, views, prompt_ids(cfg, tokenizer),
-                float(ev.get("lm_prior_weight", 0.0)))
+                float(ev.get("lm_prior_weight", 0.0)), amp=env.train_cfg.amp)
     pred = [v[0] for v in r["views"]["categorical"]]
     metrics = classification_metrics(gold, pred, classes)
     if ev.get("bootstrap", 1000):
@@ -400,9 +446,7 @@ def _view_scores(env: _Env, dd, r: dict) -> dict:
             continue
         hits, n = np.zeros(len(view.slots)), 0
         for u, chosen in zip(r["utts"], r["views"][name]):
-            raw = dd.utt2emo.get(u)
-            emo = env.labels.canonical(raw) if raw in env.labels else None
-            gold = view_values(view, emo, u2a.get(u), env.thresholds)
+            gold = view_values(view, env.gold(dd.utt2emo.get(u)), u2a.get(u), env.thresholds)
             if gold is None:
                 continue
             hits += np.array([a == b for a, b in zip(chosen, gold)])
@@ -435,6 +479,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
     env = _Env(cfg, split, ctx)
     model, tokenizer, info = load_trained(ctx.expdir, env.encoder.hidden_size,
                                           None if env.use_cache else env.encoder)
+    model = place(model, env.train_cfg.device)  # evaluated where it trained
     written = []
     for test in split.tests:
         outdir = ctx.expdir / "eval" / test
@@ -475,8 +520,12 @@ def _fewshot(env: _Env, base: SELM, tokenizer, test: str, k0: dict) -> list[Path
         return []
     views = _views(env.cfg, env.labels.labels)
     dd = env.audio(pool).datadir
-    utts = [u for u in dd.utts if u in dd.utt2emo]
-    labels = [env.labels.canonical(dd.utt2emo[u]) for u in utts]
+    mapped = {u: env.gold(dd.utt2emo.get(u)) for u in dd.utts}
+    utts = [u for u in dd.utts if mapped[u] is not None]
+    labels = [mapped[u] for u in utts]
+    if len(utts) < len(mapped):
+        log.info("few-shot pool %s: %d utterance(s) without a model class are never drawn", pool,
+                 len(mapped) - len(utts))
     rows = ["k\tn_adapt\tuar\twa\tmacro_f1\n", f"0\t0\t{k0['uar']:.4f}\t{k0['wa']:.4f}\t{k0['macro_f1']:.4f}\n"]
     written = []
     for k in fs.get("k", [1, 5, 10, 20]):
@@ -490,7 +539,7 @@ def _fewshot(env: _Env, base: SELM, tokenizer, test: str, k0: dict) -> list[Path
             raise ValueError(f"fewshot.adapt={adapt}: the model has no such parameters (lora needs lm.mode: lora)")
         model.lm_frozen = not any(p.requires_grad for p in model.lm.parameters())
         seed_everything(seed)
-        train_set = env.dataset(pool, tokenizer, views, utts=chosen)
+        train_set = env.dataset(pool, tokenizer, views, utts=chosen, strict=False)
         expdir = env.ctx.expdir / "fewshot" / test / f"k{k}"
         tcfg = {"epochs": 10, "batch_size": 8, "lr": 1e-3, "seed": seed, **(fs.get("train") or {})}
         _fit(model, train_set, None, env, tokenizer, tcfg, expdir)

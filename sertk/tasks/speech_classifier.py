@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader
 
 from sertk.common.fileio import write_text_atomic
 from sertk.common.protocol import Split
@@ -25,6 +24,7 @@ from sertk.models.classifier import SpeechClassifier
 from sertk.tasks import TaskContext, reject_unknown
 from sertk.train.losses import ccc_loss
 from sertk.train.distributed import env_info
+from sertk.train.inference import place, predict, run_model
 from sertk.train.trainer import (Trainer, TrainConfig, chance_level, constant_outputs, load_weights,
                                  shard_global_batches, verdict)
 
@@ -56,17 +56,6 @@ def _dataset(cfg: dict, ctx: TaskContext, set_name: str, labels: LabelMap | None
     return AudioDataset(ctx.datadir(set_name), sample_rate=ctx.sample_rate, label_map=labels,
                         targets=("avd",) if labels is None else ("emo",),
                         max_duration=d.get("max_duration"), random_crop=train and d.get("random_crop", False))
-
-
-def _predict(model, loader) -> tuple[list[str], np.ndarray]:
-    model.eval()
-    utts, outs = [], []
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for batch in loader:
-            outs.append(model(batch["wav"].to(device), batch["lengths"].to(device)).float().cpu())
-            utts.extend(batch["utts"])
-    return utts, torch.cat(outs).numpy()
 
 
 def check_config(cfg: dict, where: str) -> None:
@@ -116,7 +105,7 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
         return torch.nn.functional.cross_entropy(out, batch["labels"])
 
     def evaluate(m, loader):
-        utts, out = _predict(m, loader)
+        utts, out = run_model(m, loader, amp=train_cfg.amp)
         flags = {"constant_outputs": constant_outputs(out)}
         if regression:
             gold = np.array([dev_set.datadir.utt2avd[u] for u in utts])
@@ -160,12 +149,13 @@ def load_trained(expdir: Path) -> tuple[SpeechClassifier, dict]:
 
 def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
     model, info = load_trained(ctx.expdir)
+    train_cfg = TrainConfig.from_dict(dict(cfg.get("train") or {}))
+    model = place(model, train_cfg.device)
     labels = _labels(cfg, split, ctx)
     written = []
     for test in split.tests:
         ds = _dataset(cfg, ctx, test, labels, train=False)
-        loader = DataLoader(ds, batch_size=cfg.get("eval", {}).get("batch_size", 16), collate_fn=collate_audio)
-        utts, out = _predict(model, loader)
+        utts, out = predict(model, ds, batch_size=cfg.get("eval", {}).get("batch_size", 16), amp=train_cfg.amp)
         outdir = ctx.expdir / "eval" / test
         protocol = split.record(test, ctx.data)
         extra = {"fold": split.fold, "baseline": bool(cfg.get("baseline")), "model_dir": str(ctx.expdir),

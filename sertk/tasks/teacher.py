@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader
 
 from sertk.common.fileio import hash_obj, sha256_file, write_text_atomic
 from sertk.common.protocol import Split
@@ -24,6 +23,7 @@ from sertk.eval.results import write_result
 from sertk.models.dawn import AVD_OUTPUTS, DawnRegressor, EnsembleTeacher, load_released
 from sertk.tasks import TaskContext, reject_unknown
 from sertk.tasks.speech_classifier import _bucketing
+from sertk.train.inference import place, predict, run_model
 from sertk.train.losses import ccc_loss
 from sertk.train.trainer import Trainer, TrainConfig, chance_level, constant_outputs, load_weights, verdict
 
@@ -84,17 +84,6 @@ def _dataset(cfg: dict, ctx: TaskContext, name: str, train: bool) -> AudioDatase
                         random_crop=train and d.get("random_crop", False))
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, loader) -> tuple[list[str], np.ndarray]:
-    """Model outputs over a loader of collate_audio batches (model returns sertk A/V/D order)."""
-    model.eval()
-    utts, outs = [], []
-    for batch in loader:
-        outs.append(model(batch["wav"], batch["lengths"]).float())
-        utts.extend(batch["utts"])
-    return utts, torch.cat(outs).numpy()
-
-
 class _AVD(torch.nn.Module):
     """A Dawn member seen in sertk's A/V/D order."""
 
@@ -117,7 +106,7 @@ def _train_member(cfg: dict, m: dict, split: Split, ctx: TaskContext, outdir: Pa
         return ccc_loss(net(batch["wav"], batch["lengths"]), (batch["avd"][:, _TO_DAWN] - lo) / (hi - lo))
 
     def evaluate(net, loader):
-        utts, out = predict(_AVD(net.module if hasattr(net, "module") else net), loader)
+        utts, out = run_model(_AVD(net.module if hasattr(net, "module") else net), loader, amp=train_cfg.amp)
         gold = scaled_gold(cfg, np.array([dev_set.datadir.utt2avd[u] for u in utts]))
         r = regression_metrics(out, gold, list(AVD_OUTPUTS))
         return {"ccc_mean": r["ccc_mean"], **{f"ccc_{k}": v for k, v in r["ccc"].items()},
@@ -161,6 +150,13 @@ def teacher_info(expdir: str | Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def teacher_digest(expdir: str | Path, info: dict | None = None) -> str:
+    """Names the teacher's exact weights (trained members' sha256, released names + revisions), without loading."""
+    info = info or teacher_info(expdir)
+    return hash_obj([(e["name"], e.get("sha256"), e["spec"].get("pretrained"), e["spec"].get("revision"))
+                     for e in info["members"]])
+
+
 def load_teacher(expdir: str | Path) -> tuple[EnsembleTeacher, dict]:
     """The trained (or released) ensemble of an experiment dir and a digest naming its exact weights."""
     expdir = Path(expdir)
@@ -171,18 +167,18 @@ def load_teacher(expdir: str | Path) -> tuple[EnsembleTeacher, dict]:
         if e.get("weights"):
             load_weights(model, expdir / e["weights"])
         models.append(model)
-    info["digest"] = hash_obj([(e["name"], e.get("sha256"), e["spec"].get("pretrained"), e["spec"].get("revision"))
-                               for e in info["members"]])
+    info["digest"] = teacher_digest(expdir, info)
     return EnsembleTeacher(models).eval(), info
 
 
 def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
     teacher, info = load_teacher(ctx.expdir)
+    train_cfg = TrainConfig.from_dict(dict(cfg.get("train") or {}))
+    teacher = place(teacher, train_cfg.device)
     written = []
     for test in split.tests:
         ds = _dataset(cfg, ctx, test, train=False)
-        loader = DataLoader(ds, batch_size=(cfg.get("eval") or {}).get("batch_size", 16), collate_fn=collate_audio)
-        utts, out = predict(teacher, loader)
+        utts, out = predict(teacher, ds, batch_size=(cfg.get("eval") or {}).get("batch_size", 16), amp=train_cfg.amp)
         gold = scaled_gold(cfg, np.array([ds.datadir.utt2avd[u] for u in utts]))
         metrics = regression_metrics(out, gold, list(AVD_OUTPUTS))
         n_boot = (cfg.get("eval") or {}).get("bootstrap", 1000)

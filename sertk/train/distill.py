@@ -14,14 +14,16 @@ import logging
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torchaudio.functional as AF
 
 from sertk.common.fileio import hash_obj, write_text_atomic
-from sertk.data.audio import read_utterance
+from sertk.data.audio import audio_digest, read_utterance
 from sertk.data.datadir import DataDir, DataDirError
+from sertk.train.inference import run_model
 from sertk.train.losses import ccc_loss
 
 log = logging.getLogger(__name__)
@@ -72,9 +74,16 @@ def augment(wav: np.ndarray, sr: int, utt: str, seed: int, cfg: AugmentConfig) -
     return x.astype(np.float32)
 
 
-def cache_dir(root: Path, teacher_digest: str, aug: AugmentConfig) -> Path:
-    """Where labels of this teacher under these augmentation settings live."""
-    return Path(root) / f"{teacher_digest[:12]}-{hash_obj(asdict(aug))[:8]}"
+def cache_dir(root: Path, teacher_digest: str, aug: AugmentConfig, sample_rate: int = 16000,
+              max_duration: float | None = None) -> Path:
+    """Where labels of this teacher live for these augmentation settings, sample rate and crop.
+
+    The audio itself is keyed per data dir (:func:`label_with_teacher`), so a
+    replaced file or a changed crop never serves another waveform's labels.
+    """
+    settings = {"augment": asdict(aug), "sample_rate": int(sample_rate),
+                "max_duration": None if max_duration is None else float(max_duration)}
+    return Path(root) / f"{teacher_digest[:12]}-{hash_obj(settings)[:8]}"
 
 
 def read_cache(path: Path) -> dict[str, np.ndarray]:
@@ -87,17 +96,20 @@ def read_cache(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-@torch.no_grad()
-def label_with_teacher(teacher: torch.nn.Module, datadir: str | Path, cache: Path, seeds: list[int],
-                       aug: AugmentConfig, sample_rate: int = 16000,
-                       max_duration: float | None = None) -> dict[tuple[str, int], np.ndarray]:
+def label_with_teacher(teacher: torch.nn.Module | Callable[[], torch.nn.Module] | None, datadir: str | Path,
+                       cache: Path, seeds: list[int], aug: AugmentConfig, sample_rate: int = 16000,
+                       max_duration: float | None = None, amp="auto") -> dict[tuple[str, int], np.ndarray]:
     """Teacher A/V/D (sertk order, unclipped) for every (utterance, seed), computed once and cached.
 
     ``datadir`` needs only wav.scp (unlabelled audio is fine). Missing seeds are
-    computed and written as ``<cache>/<datadir name>/seed<k>.txt``.
+    computed and written as ``<cache>/<datadir name>-<audio digest>/seed<k>.txt``.
+    ``teacher`` may be a zero-argument function that loads it: it is called only
+    when some labels are missing, so a fully cached run never loads the teacher.
+    The teacher runs where it lies (``place`` it on the GPU first), one
+    utterance at a time: no padding, as the student is exported.
     """
     dd = DataDir.read(datadir)
-    name = Path(datadir).name
+    name = f"{Path(datadir).name}-{audio_digest(dd)[:12]}"
     out: dict[tuple[str, int], np.ndarray] = {}
     for seed in seeds:
         path = Path(cache) / name / f"seed{seed}.txt"
@@ -108,14 +120,17 @@ def label_with_teacher(teacher: torch.nn.Module, datadir: str | Path, cache: Pat
                 raise DataDirError(f"{path}: no teacher labels for {len(missing)} utterance(s) of {datadir}, "
                                    f"e.g. {missing[:3]} (delete the cache to relabel)")
         else:
-            table = {}
-            teacher.eval()
-            device = next(teacher.parameters(), torch.empty(0)).device
-            for utt in dd.utts:  # one utterance at a time: no padding, as the teacher was evaluated
-                wav = teacher_input(dd, utt, seed, aug, sample_rate, max_duration)
-                table[utt] = teacher(torch.from_numpy(wav)[None].to(device)).squeeze(0).float().cpu().numpy()
+            if callable(teacher) and not isinstance(teacher, torch.nn.Module):
+                teacher = teacher()
+            if teacher is None:
+                raise RuntimeError(f"{path}: teacher labels are not cached and no teacher was given")
+            batches = ({"utts": [u], "wav": torch.from_numpy(w)[None], "lengths": torch.tensor([w.size])}
+                       for u in dd.utts for w in [teacher_input(dd, u, seed, aug, sample_rate, max_duration)])
+            utts, outs = run_model(teacher, batches, amp=amp)
+            table = dict(zip(utts, outs))
             write_text_atomic(path, "".join(f"{u} {' '.join(f'{v:.6f}' for v in table[u])}\n" for u in dd.utts))
             log.info("teacher labels: %s seed %d (%d utterances) -> %s", name, seed, len(dd.utts), path)
+            table = read_cache(path)  # the values as stored: a first run and a cached rerun see the same labels
         out.update({(u, seed): table[u] for u in dd.utts})
     return out
 

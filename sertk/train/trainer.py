@@ -48,6 +48,7 @@ from sertk.common.config import ConfigError
 from sertk.common.fileio import atomic_path, write_json_atomic
 from sertk.common.logging import FORMAT
 from sertk.train import distributed as D
+from sertk.train.inference import amp_dtype, autocast, resolve_device, to_device
 
 log = logging.getLogger("sertk.train")
 
@@ -265,17 +266,6 @@ def default_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 
     return shard_global_batches((order[i:i + gb].tolist() for i in range(0, n, gb)), rank, world_size)
 
 
-def _to_device(obj, device: torch.device, non_blocking: bool = False):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=non_blocking)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device, non_blocking) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)) and not isinstance(obj, str):
-        moved = [_to_device(v, device, non_blocking) for v in obj]
-        return type(obj)(*moved) if hasattr(obj, "_fields") else type(obj)(moved)
-    return obj
-
-
 # ---------------------------------------------------------------- the trainer --
 
 def _lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -333,45 +323,18 @@ class Trainer:
         self.chance_metric, self.chance_margin = chance_metric, chance_margin
         self.expdir = Path(expdir)
         self.ckpt_dir = self.expdir / "checkpoints"
-        self.device = self._resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         self.dist = D.init_distributed(self.device)
         self.model = model.to(self.device)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not self.trainable:
             raise TrainError("the model has no parameter with requires_grad=True: nothing to train")
-        self.amp_dtype = self._resolve_amp(cfg.amp)
+        self.amp_dtype = amp_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     # ---- set-up -------------------------------------------------------------
-    def _resolve_device(self, spec: str) -> torch.device:
-        """auto/cuda mean this rank's GPU (LOCAL_RANK), made current so collectives use it."""
-        if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
-            return torch.device("cpu")
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={spec!r} but CUDA is not available")
-        local_rank = D.env_info().local_rank
-        dev = torch.device(f"cuda:{local_rank}") if spec in ("auto", "cuda") else torch.device(spec)
-        torch.cuda.set_device(dev)
-        return dev
-
-    def _resolve_amp(self, amp) -> torch.dtype | None:
-        cuda = self.device.type == "cuda"
-        if amp is False or amp == "off":
-            return None
-        if amp is True or amp == "auto":
-            if not cuda:
-                return None  # CPU autocast only when asked for by name (amp: bf16)
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if amp == "fp16":
-            if not cuda:
-                raise ConfigError("train.amp=fp16 needs a CUDA device; on CPU use amp: bf16 or false")
-            return torch.float16
-        return torch.bfloat16
-
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         c = self.cfg
@@ -631,7 +594,7 @@ class Trainer:
             sync = contextlib.nullcontext() if last or world == 1 else net.no_sync()
             with sync:
                 with self._autocast():
-                    out = self.compute_loss(net, _to_device(batch, self.device, non_blocking=True))
+                    out = self.compute_loss(net, to_device(batch, self.device, non_blocking=True))
                 loss, extra = out if isinstance(out, tuple) else (out, {})
                 if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                     raise TrainError("compute_loss must return a scalar tensor (or (scalar, dict))")
@@ -696,7 +659,7 @@ class Trainer:
             if cfg.select_metric == "loss" and "loss" not in metrics:
                 total, n = 0.0, 0
                 for b, batch in zip(batches, loader):
-                    out = self.compute_loss(self.model, _to_device(batch, self.device))
+                    out = self.compute_loss(self.model, to_device(batch, self.device))
                     total += float((out[0] if isinstance(out, tuple) else out).float()) * len(b)
                     n += len(b)
                 metrics["loss"] = total / max(n, 1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 import shutil
 import time
@@ -31,7 +32,6 @@ TRAINERS = {
     "text_lm": "sertk.zoo.text_lm",
 }
 META_FILE = "zoo.json"
-ENTRY_KEYS = {"trainer", "stands_in_for", "description"}
 
 
 def get_trainer(name: str):
@@ -70,7 +70,6 @@ def model_digest(entry: dict, pool: Pool, seed: int) -> str:
 
 
 def is_up_to_date(outdir: Path, digest: str) -> bool:
-    import json
     meta = outdir / META_FILE
     try:
         return json.loads(meta.read_text()).get("digest") == digest

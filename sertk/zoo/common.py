@@ -1,6 +1,8 @@
 """Pieces every zoo trainer shares: in-memory audio items, length-bucketed batches, parameter counts."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -69,3 +71,22 @@ def bucket_batches(batch_size: int, seed: int, num_buckets: int = 5):
 
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def shrink_zoo_config(cfg: dict) -> dict:
+    """A copy of a zoo config with the same models, classes and objectives, trained for seconds.
+
+    For smoke runs and tests that check structure, not quality: one epoch, narrow
+    layers; layer counts stay, since recipe configs read encoder layers by number.
+    """
+    cfg = copy.deepcopy(cfg)
+    for e in cfg["models"].values():
+        e["train"].update(epochs=1, batch_size=4, warmup_steps=0, progress=False)
+        if e["trainer"] == "speech_encoder":
+            e["config"].update(hidden_size=32, intermediate_size=64, num_attention_heads=2)
+            e["data"]["dev_speakers"] = 1
+            e["objective"]["masked_prediction"]["clusters"] = 4
+        else:
+            e["config"].update(n_embd=32, n_layer=1)
+    return cfg
+

@@ -33,9 +33,11 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
 
+from sertk.data.dataset import collate_audio
 from sertk.eval.metrics import classification_metrics, regression_metrics
 from sertk.models.encoder import disable_layerdrop, frame_lengths, lengths_to_mask, normalize_waveform
 from sertk.tasks import reject_unknown
+from sertk.train.inference import model_device, to_device
 from sertk.train.trainer import Trainer, TrainConfig
 from sertk.zoo.common import MemoryAudioSet, bucket_batches, count_params
 from sertk.zoo.pool import Pool
@@ -166,16 +168,16 @@ def mix_interference(wav: torch.Tensor, lengths: torch.Tensor, prob: float, snr_
     other = other * mask
     p_sig = (wav ** 2).sum(1) / lengths.clamp(min=1)
     p_oth = (other ** 2).sum(1) / mask.sum(1).clamp(min=1)
-    snr = torch.empty(b).uniform_(*snr_db)
+    snr = torch.empty(b).uniform_(*snr_db).to(wav.device)  # drawn on the CPU: the same draws on any device
     gain = torch.sqrt(p_sig / (p_oth.clamp(min=1e-10) * 10 ** (snr / 10)))
-    chosen = (torch.rand(b) < prob).to(wav.dtype)
+    chosen = (torch.rand(b) < prob).to(wav.device, wav.dtype)
     return wav + (chosen * gain).unsqueeze(1) * other
 
 
 def mask_spans(frame_lengths: torch.Tensor, width: int, prob: float, span: int) -> torch.Tensor:
     """HuBERT/wav2vec 2.0 span masks over each utterance's real frames (numpy RNG, seeded per epoch)."""
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
-    att = lengths_to_mask(frame_lengths, width).long()
+    att = lengths_to_mask(frame_lengths.cpu(), width).long()
     m = _compute_mask_indices((len(frame_lengths), width), mask_prob=prob, mask_length=span, attention_mask=att,
                               min_masks=1)
     return torch.from_numpy(m).to(torch.bool) & att.bool()
@@ -185,10 +187,8 @@ def mask_spans(frame_lengths: torch.Tensor, width: int, prob: float, span: int) 
 
 
 def _collate(items: list[dict]) -> dict:
-    lengths = torch.tensor([len(it["wav"]) for it in items])
-    wav = torch.zeros(len(items), int(lengths.max()))
-    for b, it in enumerate(items):
-        wav[b, :len(it["wav"])] = it["wav"]
+    """collate_audio's padded audio plus the frame targets, padded with -100 (ignored) and zeros."""
+    audio = collate_audio([{"utt": it["utt"], "wav": it["wav"]} for it in items])
     width = max(1, max(len(it["targets"]) for it in items))
     targets = torch.full((len(items), width), -100, dtype=torch.long)
     regress = torch.zeros(len(items), width, items[0]["regress"].shape[1])
@@ -196,7 +196,7 @@ def _collate(items: list[dict]) -> dict:
     for b, it in enumerate(items):
         targets[b, :len(it["targets"])] = torch.from_numpy(it["targets"])
         regress[b, :len(it["regress"])] = torch.from_numpy(it["regress"])
-    return {"utts": [it["utt"] for it in items], "wav": wav, "lengths": lengths, "targets": targets,
+    return {"utts": audio["utts"], "wav": audio["wav"], "lengths": audio["lengths"], "targets": targets,
             "regress": regress, "regress_frames": n_frames,
             "labels": torch.tensor([it["label"] for it in items]), "avd": torch.stack([it["avd"] for it in items])}
 
@@ -236,7 +236,7 @@ class Objective:
             parts["mp_acc"] = hit.sum() / (tgt >= 0).sum().clamp(min=1)
         if self.fr:
             pred = out["frames"]
-            n = torch.minimum(batch["regress_frames"], out["frame_lengths"].cpu()).to(pred.device)
+            n = torch.minimum(batch["regress_frames"].to(pred.device), out["frame_lengths"].to(pred.device))
             width = min(pred.shape[1], batch["regress"].shape[1])
             valid = lengths_to_mask(n, width).unsqueeze(-1).to(pred.dtype)
             err = (pred[:, :width] - batch["regress"][:, :width]) ** 2 * valid
@@ -269,8 +269,8 @@ class Objective:
         np.random.seed(0)
         tot, n, acc, fr, gold, pred, avd_g, avd_p = 0.0, 0, 0.0, 0.0, [], [], [], []
         try:
-            for batch in loader:
-                p = self.losses(model, batch, train=False)
+            for batch in loader:  # the trainer's dev loader gives CPU batches
+                p = self.losses(model, to_device(batch, model_device(model)), train=False)
                 b = len(batch["utts"])
                 tot, n = tot + float(p["loss"]) * b, n + b
                 acc += float(p.get("mp_acc", 0.0)) * b

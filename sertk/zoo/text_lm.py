@@ -9,6 +9,7 @@ web text, it never sees the audio.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -66,7 +67,7 @@ def train_tokenizer(lines: list[str], vocab_size: int, min_frequency: int = 2) -
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(sorted(set(lines)), trainer)
-    state = __import__("json").loads(tok.to_str())["model"]
+    state = json.loads(tok.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     return GPT2Tokenizer(vocab=state["vocab"], merges=merges, unk_token=EOS, bos_token=EOS, eos_token=EOS)
 

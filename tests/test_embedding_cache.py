@@ -1,0 +1,194 @@
+"""Frozen-encoder feature cache: equals the encoder, streams to shards, reuses, survives interruption, reads lazily."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from sertk.data.datadir import DataDir
+from sertk.data.dataset import AudioDataset, collate_audio
+from sertk.features import embedding_cache as ec
+from zoo_fixtures import TINY_WAV2VEC2
+
+SPEC = {**TINY_WAV2VEC2, "layer": 1}
+SECONDS = [0.9, 0.4, 1.3, 0.6, 0.6, 1.1, 0.3, 0.8, 1.0]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache_corpus")
+    rng = np.random.default_rng(0)
+    t = {"wav.scp": {}, "utt2spk": {}}
+    for i, s in enumerate(SECONDS):
+        u = f"spk{i % 3}-{i:03d}"
+        p = root / "wav" / f"{u}.wav"
+        p.parent.mkdir(exist_ok=True)
+        sf.write(p, (0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32), 16000)
+        t["wav.scp"][u], t["utt2spk"][u] = str(p), f"spk{i % 3}"
+    DataDir(tables=t).write(root / "data")
+    return AudioDataset(root / "data", label_map=None, targets=())
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    enc, digest = ec.frozen_encoder(SPEC, seed=0)
+    return enc, digest
+
+
+def _entry(tmp_path, encoder, dataset, **kw):
+    enc, digest = encoder
+    return ec.encoder_features(tmp_path / "feats", enc, SPEC, digest, dataset, "set", batch_size=2,
+                               device="cpu", **kw)
+
+
+def _entry_dir(tmp_path):
+    (d,) = (tmp_path / "feats").glob("*/set")
+    return d
+
+
+def _batched_reference(enc, dataset, batch_size=2):
+    """The cache's former in-RAM computation: length-sorted batches, valid frames per utterance."""
+    order = sorted(range(len(dataset)), key=lambda i: dataset.durations()[i])
+    out = {}
+    with torch.no_grad():
+        for s in range(0, len(order), batch_size):
+            b = collate_audio([dataset[i] for i in order[s:s + batch_size]])
+            feats, flen = enc(b["wav"], b["lengths"])
+            out.update({u: f[:int(n)] for u, f, n in zip(b["utts"], feats, flen)})
+    return out
+
+
+def test_cache_equals_encoder_outputs(tmp_path, encoder, dataset):
+    feats = _entry(tmp_path, encoder, dataset, shard_bytes=1)  # one shard per batch
+    enc, _ = encoder
+    assert list(feats) == dataset.utts and len(feats) == len(SECONDS)
+    ref = _batched_reference(enc, dataset)
+    for i, u in enumerate(dataset.utts):
+        assert feats[u].dtype == torch.float32 and feats[u].shape[1] == enc.hidden_size
+        assert torch.equal(feats[u], ref[u]), u  # bit-identical to the former in-RAM cache
+        with torch.no_grad():  # and to the encoder on the utterance alone, up to padding's rounding
+            alone, n = enc(dataset[i]["wav"][None], torch.tensor([len(dataset[i]["wav"])]))
+        torch.testing.assert_close(feats[u], alone[0, :int(n[0])], atol=1e-5, rtol=1e-4)
+    d = _entry_dir(tmp_path)
+    index = json.loads((d / ec.INDEX).read_text())
+    assert index["format"] == ec.FORMAT and index["utterances"] == len(SECONDS)
+    assert len(index["shards"]) == 5 == len(list(d.glob(ec.SHARD_GLOB)))  # 9 utterances, batches of 2
+
+
+def test_second_call_reuses_without_the_encoder(tmp_path, encoder, dataset, monkeypatch):
+    first = _entry(tmp_path, encoder, dataset)
+    want = {u: first[u] for u in first}
+
+    def boom(*a, **k):
+        raise AssertionError("the encoder ran although its features are cached")
+
+    monkeypatch.setattr(ec, "compute_features", boom)
+    again = _entry(tmp_path, encoder, dataset)
+    assert list(again) == list(want) and all(torch.equal(again[u], want[u]) for u in want)
+
+
+def test_interrupted_run_is_never_complete_and_the_next_keeps_its_shards(tmp_path, encoder, dataset, monkeypatch):
+    real = ec.compute_features
+
+    def dies_after_two_batches(*a, **k):
+        for n, batch in enumerate(real(*a, **k)):
+            if n == 2:
+                raise KeyboardInterrupt("killed mid-set")
+            yield batch
+
+    monkeypatch.setattr(ec, "compute_features", dies_after_two_batches)
+    with pytest.raises(KeyboardInterrupt):
+        _entry(tmp_path, encoder, dataset, shard_bytes=1)
+    d = _entry_dir(tmp_path)
+    assert not (d / ec.INDEX).exists()  # nothing reads this entry as complete
+    kept = ec._stored_shards(d)
+    assert len(kept) == 2 and not list(d.glob(".*"))  # whole shards, no temp file
+    assert ec._read_index(d) is None
+
+    skipped = []
+
+    def spy(*a, **k):
+        skipped.append(set(k["skip"]))
+        yield from real(*a, **k)
+
+    monkeypatch.setattr(ec, "compute_features", spy)
+    feats = _entry(tmp_path, encoder, dataset, shard_bytes=1)
+    assert skipped[0] == {u for utts in kept.values() for u in utts}  # kept shards are not computed again
+    ref = _batched_reference(encoder[0], dataset)
+    assert list(feats) == dataset.utts and all(torch.equal(feats[u], ref[u]) for u in dataset.utts)
+    assert json.loads((d / ec.INDEX).read_text())["utterances"] == len(SECONDS)
+
+
+class _CountingOpen:
+    """safe_open that counts opened shards and tensors read."""
+
+    def __init__(self, monkeypatch):
+        self.opened, self.reads = [], 0
+        real = ec.safe_open
+        outer = self
+
+        class Handle:
+            def __init__(self, path, framework):
+                outer.opened.append(path)
+                self.h = real(path, framework=framework)
+
+            def get_tensor(self, name):
+                outer.reads += 1
+                return self.h.get_tensor(name)
+
+        monkeypatch.setattr(ec, "safe_open", Handle)
+
+
+def test_mapping_is_lazy(tmp_path, encoder, dataset, monkeypatch):
+    _entry(tmp_path, encoder, dataset, shard_bytes=1)
+    counter = _CountingOpen(monkeypatch)
+    feats = _entry(tmp_path, encoder, dataset)  # reused: the index only
+    assert len(feats) == len(SECONDS) and list(feats.keys()) == dataset.utts and dataset.utts[0] in feats
+    assert "nope" not in feats and counter.opened == [] and counter.reads == 0
+    one = feats[dataset.utts[3]]
+    assert counter.reads == 1 and len(counter.opened) == 1 and one.ndim == 2
+    for u in feats:
+        feats[u]
+    assert counter.reads == 1 + len(SECONDS) and len(feats._handles) <= ec.OPEN_SHARDS
+    with pytest.raises(KeyError):
+        feats["nope"]
+    clone = pickle.loads(pickle.dumps(feats))  # DataLoader workers: handles are not pickled
+    assert torch.equal(clone[dataset.utts[3]], one)
+
+
+def test_missing_shard_is_named_then_recomputed(tmp_path, encoder, dataset):
+    feats = _entry(tmp_path, encoder, dataset, shard_bytes=1)
+    d = _entry_dir(tmp_path)
+    shard = json.loads((d / ec.INDEX).read_text())["shards"]
+    name, utts = next(iter(shard.items()))
+    (d / name).unlink()
+    with pytest.raises(ec.FeatureCacheError, match=name):
+        feats[utts[0]]
+    again = _entry(tmp_path, encoder, dataset, shard_bytes=1)  # the index no longer reads as complete
+    assert all(u in again for u in dataset.utts) and again[utts[0]].shape[1] == encoder[0].hidden_size
+
+
+def test_format_is_in_the_key_and_old_entries_are_not_read(tmp_path, encoder, dataset):
+    enc, digest = encoder
+    key = ec.cache_key(SPEC, digest, dataset.datadir.path, 16000, None)
+    d = tmp_path / "feats" / key / "set"
+    d.mkdir(parents=True)
+    (d / "feats.safetensors").write_bytes(b"format 1")  # an old single-file entry, here unreadable
+    (d / ec.INDEX).write_text(json.dumps({"format": 1, "shards": {}}))
+    feats = _entry(tmp_path, encoder, dataset)
+    assert len(feats) == len(SECONDS) and json.loads((d / ec.INDEX).read_text())["format"] == ec.FORMAT
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_cache_matches_cpu_and_leaves_the_encoder_where_it_was(tmp_path, encoder, dataset):
+    enc, digest = encoder
+    on_gpu = ec.encoder_features(tmp_path / "gpu", enc, SPEC, digest, dataset, "set", batch_size=2)  # device auto
+    assert next(enc.parameters()).device.type == "cpu"
+    on_cpu = _entry(tmp_path, encoder, dataset)
+    for u in dataset.utts:
+        assert on_gpu[u].device.type == "cpu"
+        torch.testing.assert_close(on_gpu[u], on_cpu[u], atol=1e-3, rtol=1e-3)
