@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             data, minutes = make_data(root, n)
             cache, read, in_ram = (run_child(mode, data, root / "feats", args)
                                    for mode in ("cache", "read", "in_ram"))
-            shards = list((root / "feats").glob("*/set/shard-*.safetensors"))
+            shards = list((root / "feats").glob("*/shards/shard-*.safetensors"))
             size = sum(f.stat().st_size for f in shards) / 2 ** 20
             print(f"{n:>6} {minutes:>9.1f} {size:>9.1f} {len(shards):>6} {cache['base_mb']:>8.0f} "
                   f"{cache['peak_mb']:>10.0f} {read['peak_mb']:>10.0f} {in_ram['peak_mb']:>13.0f} "

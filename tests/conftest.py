@@ -1,4 +1,5 @@
 """Test-wide settings: offline, single-threaded, repository paths."""
+import logging
 import os
 import sys
 from pathlib import Path
@@ -20,3 +21,31 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture
+def restore_logging():
+    """Entry points install root log handlers (stderr + the run's log file); take them away again."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
+
+
+@pytest.fixture
+def fake_sbatch(tmp_path, monkeypatch) -> Path:
+    """A stand-in ``sbatch`` on PATH that runs each array task the way Slurm would (SLURM_ARRAY_TASK_ID)."""
+    bindir = tmp_path / "fake_slurm_bin"
+    bindir.mkdir()
+    fake = bindir / "sbatch"
+    fake.write_text(
+        '#!/usr/bin/env bash\nscript="${@: -1}"\n'
+        "ids=$(grep -- '--array=' \"$script\" | sed 's/.*--array=//')\n"
+        'for id in ${ids//,/ }; do SLURM_ARRAY_TASK_ID=$id bash "$script"; done\necho 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    return fake

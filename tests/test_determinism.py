@@ -1,46 +1,25 @@
 """Same config, same seed, same weights: ``sertk train`` seeds every task's model construction."""
-import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from sertk.bin import train as train_cli
 
-from test_export import _toy_corpus
+from toy_recipe import toy_recipe
 from zoo_fixtures import without_zoo
 
 CONF = Path(__file__).resolve().parent.parent / "egs/mini_emo/conf"
 LABELS = ["neutral", "happy", "angry", "sad"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The entry point installs root log handlers (stderr + the run's log file); take them away again."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in root.handlers[:]:
-        if h not in handlers:
-            root.removeHandler(h)
-            h.close()
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
     """test_export's tone corpus, with a class per pitch quartile, and a one-protocol protocols.yaml."""
-    root = tmp_path_factory.mktemp("toy")
-    _toy_corpus(root / "data", np.random.default_rng(0))
-    for d in (root / "data" / s for s in ("train", "dev", "test")):
-        rows = [line.split() for line in (d / "utt2avd").read_text().splitlines()]
-        (d / "utt2emo").write_text("".join(f"{u} {LABELS[min(3, int(float(a) * 4))]}\n" for u, a, *_ in rows))
-    (root / "labels.yaml").write_text(yaml.safe_dump({"labels": LABELS}))
-    (root / "protocols.yaml").write_text(yaml.safe_dump({
-        "corpus": "toy", "label_map": "labels.yaml",
-        "protocols": {"p": {"scheme": "speaker-independent", "train": "train", "dev": "dev", "test": ["test"]}}}))
-    return root
+    return toy_recipe(tmp_path_factory.mktemp("toy"), LABELS)
 
 
 def _train(recipe: Path, conf: str, exp: Path) -> None:

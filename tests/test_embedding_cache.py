@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from sertk.data.audio import utterance_sources
 from sertk.data.datadir import DataDir
 from sertk.data.dataset import AudioDataset, collate_audio
 from sertk.features import embedding_cache as ec
@@ -45,8 +47,13 @@ def _entry(tmp_path, encoder, dataset, **kw):
                                device="cpu", **kw)
 
 
-def _entry_dir(tmp_path):
-    (d,) = (tmp_path / "feats").glob("*/set")
+def _entry_dir(tmp_path, name="set"):
+    (d,) = (tmp_path / "feats").glob(f"*/{name}")
+    return d
+
+
+def _store_dir(tmp_path):
+    (d,) = (tmp_path / "feats").glob(f"*/{ec.SHARDS}")
     return d
 
 
@@ -73,10 +80,13 @@ def test_cache_equals_encoder_outputs(tmp_path, encoder, dataset):
         with torch.no_grad():  # and to the encoder on the utterance alone, up to padding's rounding
             alone, n = enc(dataset[i]["wav"][None], torch.tensor([len(dataset[i]["wav"])]))
         torch.testing.assert_close(feats[u], alone[0, :int(n[0])], atol=1e-5, rtol=1e-4)
-    d = _entry_dir(tmp_path)
+    d, store = _entry_dir(tmp_path), _store_dir(tmp_path)
+    assert d.parent == store.parent  # one store per encoder setting, each set an index into it
     index = json.loads((d / ec.INDEX).read_text())
     assert index["format"] == ec.FORMAT and index["utterances"] == len(SECONDS)
-    assert len(index["shards"]) == 5 == len(list(d.glob(ec.SHARD_GLOB)))  # 9 utterances, batches of 2
+    assert list(index["utts"]) == dataset.utts and all((store / s).is_file() for s, _ in index["utts"].values())
+    assert len(index["shards"]) == 5 == len(list(store.glob(ec.SHARD_GLOB)))  # 9 utterances, batches of 2
+    assert not list(d.glob(ec.SHARD_GLOB))
 
 
 def test_second_call_reuses_without_the_encoder(tmp_path, encoder, dataset, monkeypatch):
@@ -103,11 +113,13 @@ def test_interrupted_run_is_never_complete_and_the_next_keeps_its_shards(tmp_pat
     monkeypatch.setattr(ec, "compute_features", dies_after_two_batches)
     with pytest.raises(KeyboardInterrupt):
         _entry(tmp_path, encoder, dataset, shard_bytes=1)
-    d = _entry_dir(tmp_path)
-    assert not (d / ec.INDEX).exists()  # nothing reads this entry as complete
-    kept = ec._stored_shards(d)
-    assert len(kept) == 2 and not list(d.glob(".*"))  # whole shards, no temp file
-    assert ec._read_index(d) is None
+    store = _store_dir(tmp_path)
+    d = store.parent / "set"
+    assert not (d / ec.INDEX).exists()  # nothing reads this set as complete
+    kept = ec._stored_shards(store)
+    assert len(kept) == 2 and not list(store.glob(".*"))  # whole shards, no temp file
+    assert ec._read_index(d, store) is None
+    key2utt = {s.key: s.utt for s in utterance_sources(dataset.datadir)}
 
     skipped = []
 
@@ -117,7 +129,7 @@ def test_interrupted_run_is_never_complete_and_the_next_keeps_its_shards(tmp_pat
 
     monkeypatch.setattr(ec, "compute_features", spy)
     feats = _entry(tmp_path, encoder, dataset, shard_bytes=1)
-    assert skipped[0] == {u for utts in kept.values() for u in utts}  # kept shards are not computed again
+    assert skipped[0] == {key2utt[k] for keys in kept.values() for k in keys}  # kept shards are not computed again
     ref = _batched_reference(encoder[0], dataset)
     assert list(feats) == dataset.utts and all(torch.equal(feats[u], ref[u]) for u in dataset.utts)
     assert json.loads((d / ec.INDEX).read_text())["utterances"] == len(SECONDS)
@@ -162,25 +174,84 @@ def test_mapping_is_lazy(tmp_path, encoder, dataset, monkeypatch):
 
 def test_missing_shard_is_named_then_recomputed(tmp_path, encoder, dataset):
     feats = _entry(tmp_path, encoder, dataset, shard_bytes=1)
-    d = _entry_dir(tmp_path)
-    shard = json.loads((d / ec.INDEX).read_text())["shards"]
-    name, utts = next(iter(shard.items()))
-    (d / name).unlink()
+    d, store = _entry_dir(tmp_path), _store_dir(tmp_path)
+    locs = json.loads((d / ec.INDEX).read_text())["utts"]
+    utt, (name, _) = next(iter(locs.items()))
+    (store / name).unlink()
+    utts = [u for u, (s, _) in locs.items() if s == name]
     with pytest.raises(ec.FeatureCacheError, match=name):
-        feats[utts[0]]
+        feats[utt]
     again = _entry(tmp_path, encoder, dataset, shard_bytes=1)  # the index no longer reads as complete
     assert all(u in again for u in dataset.utts) and again[utts[0]].shape[1] == encoder[0].hidden_size
 
 
 def test_format_is_in_the_key_and_old_entries_are_not_read(tmp_path, encoder, dataset):
     enc, digest = encoder
-    key = ec.cache_key(SPEC, digest, dataset.datadir.path, 16000, None)
+    key = ec.cache_key(SPEC, digest, 16000, None)
+    assert key != ec.cache_key(SPEC, digest, 8000, None) != ec.cache_key(SPEC, digest, 16000, 4.0)
+    assert key != ec.cache_key({**SPEC, "layer": 0}, digest, 16000, None) != ec.cache_key(SPEC, "w", 16000, None)
     d = tmp_path / "feats" / key / "set"
     d.mkdir(parents=True)
     (d / "feats.safetensors").write_bytes(b"format 1")  # an old single-file entry, here unreadable
     (d / ec.INDEX).write_text(json.dumps({"format": 1, "shards": {}}))
     feats = _entry(tmp_path, encoder, dataset)
     assert len(feats) == len(SECONDS) and json.loads((d / ec.INDEX).read_text())["format"] == ec.FORMAT
+
+
+class _Counting(torch.nn.Module):
+    """The encoder, counting the utterances it runs on (batches of one: one row per utterance)."""
+
+    def __init__(self, enc):
+        super().__init__()
+        self.enc, self.hidden_size, self.rows = enc, enc.hidden_size, 0
+
+    def forward(self, wav, lengths):
+        self.rows += wav.shape[0]
+        return self.enc(wav, lengths)
+
+
+def test_sets_share_the_store_and_a_changed_file_is_computed_again(tmp_path, encoder):
+    """Two folds over the same audio: each utterance is computed once, whatever its id; a rewritten file again."""
+    rng = np.random.default_rng(1)
+    wavs = []
+    for i in range(5):
+        p = tmp_path / "wav" / f"u{i}.wav"
+        p.parent.mkdir(exist_ok=True)
+        sf.write(p, (0.1 * rng.standard_normal(int((0.4 + 0.2 * i) * 16000))).astype(np.float32), 16000)
+        wavs.append(p)
+
+    def fold(name, idx, prefix="u"):
+        t = {"wav.scp": {f"{prefix}{i}": str(wavs[i]) for i in idx}, "utt2spk": {f"{prefix}{i}": "s" for i in idx}}
+        DataDir(tables=t).write(tmp_path / name)
+        return AudioDataset(tmp_path / name, label_map=None, targets=())
+
+    enc, digest = encoder
+    counting = _Counting(enc)
+
+    def feats(ds, name):
+        return ec.encoder_features(tmp_path / "feats", counting, SPEC, digest, ds, name, batch_size=1, device="cpu")
+
+    a = feats(fold("fold1_train", [0, 1, 2, 3]), "fold1_train")
+    assert counting.rows == 4
+    b = feats(fold("fold2_train", [2, 3, 4], prefix="x"), "fold2_train")  # other ids, same audio for 2 and 3
+    assert counting.rows == 5  # only utterance 4 was new
+    assert torch.equal(b["x2"], a["u2"]) and torch.equal(b["x3"], a["u3"]) and list(b) == ["x2", "x3", "x4"]
+    assert len(list(_store_dir(tmp_path).glob(ec.SHARD_GLOB))) == 2 and len(list((tmp_path / "feats").glob("*/*"))) == 3
+    feats(fold("fold1_train", [0, 1, 2, 3]), "fold1_train")
+    assert counting.rows == 5  # reused through its index
+
+    st = wavs[2].stat()
+    sf.write(wavs[2], (0.1 * rng.standard_normal(int(0.7 * 16000))).astype(np.float32), 16000)
+    os.utime(wavs[2], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a new mtime even on a coarse clock
+    again = feats(fold("fold2_train", [2, 3, 4], prefix="x"), "fold2_train")
+    assert counting.rows == 6  # only the rewritten file
+    ds = AudioDataset(tmp_path / "fold2_train", label_map=None, targets=())
+    with torch.no_grad():
+        ref, n = enc(ds[0]["wav"][None], torch.tensor([len(ds[0]["wav"])]))
+    assert torch.equal(again["x2"], ref[0, :int(n[0])]) and again["x2"].shape != a["u2"].shape  # 0.7 s, was 0.8 s
+    assert torch.equal(again["x3"], a["u3"])
+    stale = feats(fold("fold1_train", [0, 1, 2, 3]), "fold1_train")  # fold 1's index is stale for u2: updated
+    assert counting.rows == 6 and torch.equal(stale["u2"], again["x2"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

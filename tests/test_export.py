@@ -138,7 +138,7 @@ def test_stage7_teacher_and_student_then_stage8_export_and_results(tmp_path):
     check_config(scfg, "student")
     sctx = TaskContext(tmp_path / "data", tmp_path / "dump", tmp_path / "exp/student/p", "w2s", 8)
     distill_task.train(scfg, split, sctx)
-    cached = sorted(p.name for p in (tmp_path / "dump/teacher_labels").glob("*/train*/*.txt"))
+    cached = sorted(p.name for p in (tmp_path / "dump/teacher_labels").glob("*/seed*.txt"))
     assert cached == ["seed0.txt", "seed1.txt"]
     res = json.loads(distill_task.evaluate(scfg, split, sctx)[0].read_text())
     m, prof = res["metrics"], res["extra"]["profile"]

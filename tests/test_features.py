@@ -1,4 +1,7 @@
-"""eGeMAPS extraction into the kaldiio store: values, odd audio, reuse, parallel parts, errors."""
+"""eGeMAPS extraction into the kaldiio store: values, odd audio, reuse, parallel parts, errors.
+
+The store shared across sets and folds (one extraction per utterance) is tested in test_egemaps_store.py.
+"""
 from __future__ import annotations
 
 import os
@@ -102,14 +105,15 @@ def test_segments_are_cut_from_the_recording(tmp_path, audio):
 
 
 def count_extractions(monkeypatch) -> list[str]:
+    """Utterances openSMILE ran on (in this process; nj=1 runs extract in-process)."""
     calls: list[str] = []
-    original = EgemapsExtractor.extract_utterance
+    original = EgemapsExtractor.extract
 
-    def counted(self, datadir, utt):
+    def counted(self, wav, sr, utt="<signal>"):
         calls.append(utt)
-        return original(self, datadir, utt)
+        return original(self, wav, sr, utt)
 
-    monkeypatch.setattr(EgemapsExtractor, "extract_utterance", counted)
+    monkeypatch.setattr(EgemapsExtractor, "extract", counted)
     return calls
 
 
@@ -122,18 +126,19 @@ def test_store_is_reused_and_recomputed_when_inputs_change(tmp_path, datadir, au
     extract_datadir(datadir, out)
     assert len(calls) == 7, "an up-to-date store must be reused"
 
-    # wav.scp now points a_0 at another voice: everything is recomputed and a_0 changes.
+    # wav.scp now points a_0 at another voice: the view is rewritten and a_0 changes, but
+    # a_3's audio is already in the store, so nothing is extracted again.
     wavscp = (datadir / "wav.scp").read_text().replace(str(audio / "a_0.wav"), str(audio / "a_3.wav"))
     (datadir / "wav.scp").write_text(wavscp)
     extract_datadir(datadir, out)
-    assert len(calls) == 14
+    assert len(calls) == 7
     second = load_feats(out)
     np.testing.assert_allclose(second["a_0"], first["a_3"], rtol=1e-6)
     assert not np.allclose(second["a_0"], first["a_0"])
 
-    # A different sample rate is a different extractor config.
+    # A different sample rate is a different extractor config: a store of its own, 6 unique files.
     extract_datadir(datadir, out, sample_rate=8000)
-    assert len(calls) == 21
+    assert len(calls) == 13
 
 
 def test_rewritten_audio_file_is_recomputed(tmp_path, monkeypatch):
@@ -149,10 +154,9 @@ def test_rewritten_audio_file_is_recomputed(tmp_path, monkeypatch):
 
 
 def test_parallel_parts_equal_single_job(tmp_path, datadir):
-    single = load_feats(extract_datadir(datadir, tmp_path / "one"))
-    scp = extract_parallel(datadir, tmp_path / "two", nj=2, min_utts_per_job=1)
-    assert (datadir / "split2" / "1" / "wav.scp").is_file()
-    assert (tmp_path / "two" / "split2" / "2" / "feats.ark").is_file()
+    single = load_feats(extract_datadir(datadir, tmp_path / "one", store_root=tmp_path / "store1"))
+    scp = extract_parallel(datadir, tmp_path / "two", nj=2, min_utts_per_job=1, store_root=tmp_path / "store2")
+    assert len(list((tmp_path / "store2").glob("*/shard-*.scp"))) == 2  # one shard per part
     lines = scp.read_text().splitlines()
     keys = [l.split()[0] for l in lines]
     assert keys == sorted(keys, key=str.encode) and len(keys) == 7
@@ -173,7 +177,7 @@ def test_cli_job_and_merge_modes(tmp_path, datadir):
     assert cli.main(["--data", str(datadir), "--out", str(out), "--nj", "3", "--job", "3"]) == 0
     assert cli.main(["--data", str(datadir), "--out", str(out), "--nj", "3", "--merge"]) == 0
     merged = load_feats(out)
-    ref = load_feats(extract_datadir(datadir, tmp_path / "ref"))
+    ref = load_feats(extract_datadir(datadir, tmp_path / "ref", store_root=tmp_path / "ref_store"))
     assert set(merged) == set(ref)
     for u in ref:
         np.testing.assert_allclose(merged[u], ref[u], rtol=1e-6)
@@ -220,24 +224,15 @@ def test_store_helpers_name_missing_and_duplicate_utterances(tmp_path):
     assert not (tmp_path / "x.scp").exists()
 
 
-def test_cli_slurm_backend_runs_an_array_of_jobs_and_merges(tmp_path, audio, monkeypatch):
+def test_cli_slurm_backend_runs_an_array_of_jobs_and_merges(tmp_path, audio, fake_sbatch):
     """A stand-in sbatch runs the array tasks the way Slurm would (SLURM_ARRAY_TASK_ID)."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    fake = bindir / "sbatch"
-    fake.write_text(
-        '#!/usr/bin/env bash\nscript="${@: -1}"\n'
-        "ids=$(grep -- '--array=' \"$script\" | sed 's/.*--array=//')\n"
-        'for id in ${ids//,/ }; do SLURM_ARRAY_TASK_ID=$id bash "$script"; done\necho 1\n')
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     d = write_datadir(tmp_path / "data", {f"a_{i}": str(audio / f"a_{i}.wav") for i in range(2)})
     out = tmp_path / "feats"
     assert cli.main(["--data", str(d), "--out", str(out), "--nj", "2", "--backend", "slurm"]) == 0
     assert "#SBATCH --array=1,2" in (out / "log" / "egemaps.sbatch").read_text()
     assert (out / "log" / ".done.egemaps.2").is_file()
     got = load_feats(out)
-    ref = load_feats(extract_datadir(d, tmp_path / "ref"))
+    ref = load_feats(extract_datadir(d, tmp_path / "ref", store_root=tmp_path / "ref_store"))
     assert set(got) == {"a_0", "a_1"}
     for u in ref:
         np.testing.assert_allclose(got[u], ref[u], rtol=1e-6)

@@ -117,3 +117,45 @@ def test_teacher_label_cache_is_keyed_on_crop_rate_and_audio(tmp_path):
     after = label_with_teacher(_Counting(), d, cache, [0], aug)
     assert not np.allclose(after[("u00", 0)], before[("u00", 0)])
     assert np.allclose(after[("u01", 0)], before[("u01", 0)])
+
+
+def test_sets_sharing_utterances_label_each_utterance_and_seed_once(tmp_path):
+    """Folds over the same audio share one label table per seed: (utterance, seed) is labelled once;
+    the clean copy (seed 0) is shared by content, augmented copies also by id (the id seeds them)."""
+    src = _datadir(tmp_path)
+    lines = dict(line.split() for line in (src / "wav.scp").read_text().splitlines())
+
+    def fold(name, utts, rename=None):
+        d = tmp_path / name
+        d.mkdir()
+        rename = rename or {}
+        utts = sorted(utts, key=lambda u: rename.get(u, u))
+        (d / "wav.scp").write_text("".join(f"{rename.get(u, u)} {lines[u]}\n" for u in utts))
+        (d / "utt2spk").write_text("".join(f"{rename.get(u, u)} s0\n" for u in utts))
+        return d
+
+    aug = AugmentConfig()
+    cache = cache_dir(tmp_path / "tl", "teacherdigest", aug, 16000, None)
+    teacher = _Counting()
+    one = label_with_teacher(teacher, fold("fold1", [f"u{i:02d}" for i in range(8)]), cache, [0, 1], aug)
+    assert teacher.calls == 16 and len(one) == 16
+    two_dir = fold("fold2", [f"u{i:02d}" for i in range(4, 11)], rename={"u04": "a04"})
+    two = label_with_teacher(teacher, two_dir, cache, [0, 1], aug)
+    assert teacher.calls == 16 + 3 * 2 + 1  # u08-u10 both seeds; a04 (u04's audio) only its augmented copy
+    assert np.array_equal(two[("a04", 0)], one[("u04", 0)]) and np.array_equal(two[("u05", 1)], one[("u05", 1)])
+    assert sorted(p.name for p in cache.iterdir()) == ["seed0.txt", "seed1.txt"]
+    assert len((cache / "seed0.txt").read_text().splitlines()) == 11  # one line per audio
+    assert len((cache / "seed1.txt").read_text().splitlines()) == 12  # ... and per id for the augmented copies
+
+    def must_not_load():
+        raise AssertionError("the teacher was loaded although every label is cached")
+    assert all(np.array_equal(v, one[k]) for k, v in label_with_teacher(must_not_load, tmp_path / "fold1", cache,
+                                                                         [0, 1], aug).items())
+    path = lines["u06"]  # a file both folds use is replaced: relabelled once per seed, the rest reused
+    write_audio(path, np.full(4000, 0.25, dtype=np.float32), 16000)
+    calls = teacher.calls
+    again = label_with_teacher(teacher, two_dir, cache, [0, 1], aug)
+    assert teacher.calls == calls + 2 and not np.allclose(again[("u06", 0)], two[("u06", 0)])
+    assert np.array_equal(again[("u07", 1)], two[("u07", 1)])
+    first_again = label_with_teacher(teacher, tmp_path / "fold1", cache, [0, 1], aug)
+    assert teacher.calls == calls + 2 and np.array_equal(first_again[("u06", 0)], again[("u06", 0)])

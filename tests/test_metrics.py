@@ -1,4 +1,5 @@
 """Metrics against scikit-learn and against cases worked out by hand."""
+import json
 import math
 
 import numpy as np
@@ -120,9 +121,7 @@ def test_ccc_matches_population_formula_and_penalises_bias():
     assert ccc(pred, gold) == pytest.approx(ccc(gold, pred))
 
 
-def test_ccc_rejects_undefined_and_bad_input():
-    with pytest.raises(ValueError, match="undefined"):
-        ccc([2.0, 2.0], [2.0, 2.0])
+def test_ccc_rejects_bad_input():
     with pytest.raises(ValueError, match="non-finite"):
         ccc([1.0, float("nan")], [1.0, 2.0])
     with pytest.raises(ValueError, match="equal length"):
@@ -145,6 +144,57 @@ def test_regression_metrics_per_dimension():
         assert r["mae"][name] == pytest.approx(mean_absolute_error(gold[:, j], pred[:, j]))
     with pytest.raises(ValueError, match="3 dimensions but 2 names"):
         regression_metrics(pred, gold, names[:2])
+
+
+def _constant_dominance(n=120, seed=3):
+    """A/V/D where the test set annotates dominance with one value and the model learned it."""
+    rng = np.random.default_rng(seed)
+    gold = rng.normal(size=(n, 3))
+    pred = gold + rng.normal(scale=0.5, size=(n, 3))
+    gold[:, 2] = 3.0
+    pred[:, 2] = 3.0
+    return pred, gold
+
+
+def test_ccc_of_one_and_the_same_constant_is_undefined_not_an_error():
+    assert ccc([2.0, 2.0], [2.0, 2.0]) is None
+    assert ccc([0.1, 0.1, 0.1], [0.1, 0.1, 0.1 + 1e-17]) is None   # rounding noise is no variation
+    assert ccc([1.0], [1.0]) is None                                 # one utterance: nothing to agree on
+    assert ccc([1.0, 2.0, 3.0], [2.0, 2.0, 2.0]) == pytest.approx(0.0)  # a constant prediction scores 0
+
+
+def test_regression_metrics_report_an_undefined_dimension_and_average_the_rest():
+    pred, gold = _constant_dominance()
+    r = regression_metrics(pred, gold, ["arousal", "valence", "dominance"])
+    assert r["ccc"]["dominance"] is None and r["ccc_undefined"] == ["dominance"]
+    assert r["ccc_mean"] == pytest.approx(np.mean([r["ccc"]["arousal"], r["ccc"]["valence"]]))
+    assert r["pearson"]["dominance"] is None and r["mae"]["dominance"] == 0.0
+    assert "ccc_undefined" not in regression_metrics(pred[:, :2], gold[:, :2], ["a", "v"])
+    none = regression_metrics(pred[:, 2:], gold[:, 2:], ["dominance"])
+    assert none["ccc"] == {"dominance": None} and none["ccc_mean"] is None
+    assert json.loads(json.dumps(r))["ccc"]["dominance"] is None  # null in results.json
+
+
+def test_bootstrap_skips_undefined_resamples_and_never_raises():
+    pred, gold = _constant_dominance()
+    lo, hi = bootstrap_ci(gold, pred, "ccc_mean", n_boot=40)
+    point = regression_metrics(pred, gold, ["a", "v", "d"])["ccc_mean"]
+    assert lo < point < hi
+    mean_ccc = lambda g, p: regression_metrics(p, g, ["a", "v", "d"])["ccc_mean"]  # noqa: E731
+    assert (lo, hi) == pytest.approx(bootstrap_ci(gold, pred, mean_ccc, n_boot=40))
+    assert bootstrap_ci(gold[:, 2], pred[:, 2], "ccc", n_boot=40) == (None, None)
+    assert bootstrap_ci(gold[:, 2], pred[:, 2], ccc, n_boot=40) == (None, None)
+    assert bootstrap_ci(gold[:, 2:], pred[:, 2:], "ccc_mean", n_boot=40) == (None, None)
+
+
+def test_folds_average_a_ccc_where_it_is_defined():
+    pred, gold = _constant_dominance()
+    names = ["arousal", "valence", "dominance"]
+    f1 = regression_metrics(pred, gold, names)
+    f2 = regression_metrics(pred + 0.1, gold + np.array([0.0, 0.0, 1.0]) * np.arange(len(gold))[:, None] / 100, names)
+    agg = aggregate_folds([f1, f2])
+    assert agg["mean"]["ccc"]["dominance"] == pytest.approx(f2["ccc"]["dominance"])
+    assert agg["mean"]["ccc"]["arousal"] == pytest.approx((f1["ccc"]["arousal"] + f2["ccc"]["arousal"]) / 2)
 
 
 # ---------------------------------------------------------------- bootstrap
@@ -221,3 +271,29 @@ def test_aggregate_folds_undefined_values_and_single_fold():
     assert aggregate_folds([a])["std"]["uar"] is None
     with pytest.raises(ValueError, match="no folds"):
         aggregate_folds([])
+
+
+def test_an_undefined_dev_metric_is_not_selected_and_does_not_stop_training(tmp_path):
+    """A dev CCC that is undefined (None) in one epoch is logged as NaN and never picked as the best."""
+    import torch
+
+    from sertk.train.trainer import Trainer
+
+    data = [{"x": torch.tensor([float(i)]), "y": torch.tensor([2.0 * i])} for i in range(8)]
+    model = torch.nn.Linear(1, 1)
+    calls = []
+
+    def evaluate(m, loader):
+        calls.append(1)
+        return {"ccc_mean": None if len(calls) == 1 else 0.5}
+
+    def loss(m, b):
+        return ((m(b["x"]) - b["y"]) ** 2).mean()
+
+    def collate(items):
+        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+    summary = Trainer(model, data, data, collate, loss, evaluate,
+                      {"epochs": 2, "batch_size": 4, "select_metric": "ccc_mean", "select_mode": "max",
+                       "progress": False}, tmp_path).fit()
+    assert summary["best_epoch"] == 2

@@ -35,7 +35,7 @@ def _corpus(egs: Path, name: str, rows: list[tuple[str, str, str]], canonical: d
         wav[u] = str(recipe / "wav" / f"{u}.wav")
         if audio:
             Path(wav[u]).parent.mkdir(parents=True, exist_ok=True)
-            sf.write(wav[u], 0.1 * np.sin(np.arange(1600) / 5.0).astype(np.float32), 16000)
+            sf.write(wav[u], 0.1 * np.sin(np.arange(4800) / 5.0).astype(np.float32), 16000)
     t = {"wav.scp": wav, "utt2spk": {u: s for u, s, _ in rows}, "utt2emo": {u: e for u, _, e in rows}}
     if avd:
         t["utt2avd"] = avd

@@ -230,3 +230,38 @@ def test_zoo_table_opens_the_report_with_probe_figures_beside_egemaps(exp, tmp_p
     egemaps = json.loads((exp["root"] / "egemaps/studio/eval/phone_test/results.json").read_text())
     assert f"{egemaps['metrics']['uar']:.3f}" in ref
     assert "Model zoo" not in write_report(exp["root"], tmp_path / "R2.md")  # real recipes: no zoo
+
+
+def test_an_undefined_ccc_is_reported_as_such_beside_the_categorical_results(tmp_path):
+    """A constant A/V/D dimension gives null in results.json and 'undefined' with a note in the table."""
+    root = tmp_path / "exp"
+    rng = np.random.default_rng(4)
+    names = ["arousal", "valence", "dominance"]
+
+    def regression(path, proto, constant: bool):
+        gold = rng.normal(size=(60, 3))
+        pred = gold + rng.normal(scale=0.5, size=(60, 3))
+        if constant:
+            gold[:, 2] = pred[:, 2] = 3.0
+        m = regression_metrics(pred, gold, names)
+        write_result(path, stage=4, name="egemaps_lr_ridge", task="regression", protocol=proto, metrics=m,
+                     extra={"fold": proto.get("fold")})
+        return m
+
+    single = regression(root / "lr/studio/eval/phone_test/avd/results.json", protocol(), True)
+    write_classification(root / "lr/studio/eval/phone_test/results.json", "egemaps_lr", protocol(), seed=3)
+    for k in (1, 2):
+        regression(root / f"lr/loso/fold{k}/eval/fold{k}_test/avd/results.json",
+                   protocol(train=f"fold{k}_train", test=f"fold{k}_test", protocol="loso", fold=k,
+                            scheme="leave-one-session-out", hash=f"{k}" * 12), constant=k == 2)
+    assert json.loads((root / "lr/studio/eval/phone_test/avd/results.json").read_text()
+                      )["metrics"]["ccc"]["dominance"] is None
+    text = write_report(root, tmp_path / "RESULTS.md", "t")
+    assert "| egemaps_lr |" in text                          # the categorical result is still there
+    row = next(line for line in text.splitlines() if "| egemaps_lr_ridge |" in line and "phone_test" in line)
+    assert "| undefined |" in row and f"{single['ccc_mean']:.3f} (2 of 3 dims)" in row
+    folds = next(line for line in text.splitlines() if "| egemaps_lr_ridge |" in line and "2 folds" in line)
+    assert "(undefined in fold 2)" in folds
+    assert "*undefined*: CCC has no value" in text
+    regression(tmp_path / "defined/lr/studio/eval/phone_test/avd/results.json", protocol(), False)
+    assert "*undefined*" not in write_report(tmp_path / "defined", tmp_path / "defined.md", "t")

@@ -1,4 +1,5 @@
 """Recipe plumbing: option parsing, up-to-date stage skipping, job arrays."""
+import json
 import os
 import stat
 import subprocess
@@ -147,3 +148,135 @@ def test_recipe_help_lists_every_option(repo_root):
     for opt in ("--stage", "--stop-stage", "--nj", "--backend", "--ser-configs", "--redo"):
         assert opt in r.stdout
     assert '"mini_emo"' in r.stdout  # current value set by run.sh, not the template default
+
+
+# ------------------------------------------------- ser.sh: what re-runs a stage --
+FAKE_PY = """#!/usr/bin/env bash
+# Records every call; `sertk stage` runs for real, every other sertk command only makes its outputs.
+echo "$*" >> "$CALLS"
+if [ "$1 $2 $3" = "-m sertk.cli stage" ]; then exec "$REAL_PY" "$@"; fi
+if [ "$1 $2 $3" = "-m sertk.cli protocols" ]; then
+  case "$*" in *--list-sets*) printf 'train\\ntest\\n' ;; esac
+  exit 0
+fi
+if [ "$1" = prep.py ]; then  # the recipe's preparation: data dirs and an appended log under $2
+  mkdir -p "$2/train" "$2/test" "$2/local"; echo "u1 s1" > "$2/train/utt2spk"; echo "u2 s2" > "$2/test/utt2spk"
+  echo prepared >> "$2/local/prepare.log"; exit 0
+fi
+out=0
+for a in "$@"; do
+  case $a in --out|--exp) out=1 ;; --*) out=0 ;; *) [ $out = 0 ] || { mkdir -p "$a"; touch "$a/feats.scp"; } ;; esac
+done
+if [ "$2" = sertk.bin.train ]; then  # a new training run: a new run record in its split dir
+  while [ "$1" != --exp ]; do shift; done
+  mkdir -p "$2/p"; echo "$RANDOM$RANDOM" > "$2/p/run_digest.json"
+fi
+"""
+
+
+@pytest.fixture
+def fake_recipe(tmp_path):
+    """A recipe dir whose python only records calls, with a small corpus folder and one model config."""
+    recipe = tmp_path / "recipe"
+    (recipe / "conf").mkdir(parents=True)
+    (recipe / "conf" / "protocols.yaml").write_text("corpus: x\n")
+    (recipe / "conf" / "m.yaml").write_text("task: egemaps_linear\n")
+    corpus = tmp_path / "corpus"
+    (corpus / "spk1").mkdir(parents=True)
+    for i in range(3):
+        (corpus / "spk1" / f"{i}.wav").write_bytes(b"RIFF" + bytes(i))
+    fake = tmp_path / "fake_python"
+    fake.write_text(FAKE_PY)
+    fake.chmod(0o755)
+    return recipe
+
+
+def _ser(recipe, repo_root, *args):
+    env = {**os.environ, "CALLS": str(recipe / "calls.log"), "REAL_PY": sys.executable}
+    (recipe / "calls.log").write_text("")
+    r = _run(["bash", str(repo_root / "egs/TEMPLATE/ser.sh"), "--corpus", "x",
+              "--python", str(recipe.parent / "fake_python"),
+              "--prepare-cmd", "$python prep.py $data", "--corpus-root", str(recipe.parent / "corpus"),
+              "--ser-configs", "conf/m.yaml", "--stop-stage", "3", *args], recipe, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _ran(r) -> list[str]:
+    """The stage names that ran (not 'up to date') in a ser.sh run."""
+    import re
+    return re.findall(r"stage \d+ \((\w+)\): running because", r.stderr)
+
+
+def test_each_stage_reruns_only_for_its_own_options(fake_recipe, repo_root):
+    r = _ser(fake_recipe, repo_root, "--overrides", "train.epochs=4")
+    assert _ran(r) == ["data", "egemaps", "tokens", "train_m"]
+    assert _ran(_ser(fake_recipe, repo_root, "--overrides", "train.epochs=4")) == []
+    # a training override re-runs training only, not the corpus scan or the features
+    r = _ser(fake_recipe, repo_root, "--overrides", "train.epochs=2")
+    assert _ran(r) == ["train_m"] and "stage 3 (train_m): running because options changed" in r.stderr
+    # concept-token thresholds: the tokens only
+    assert _ran(_ser(fake_recipe, repo_root, "--overrides", "train.epochs=2", "--token-scope", "speaker")) == ["tokens"]
+    # parallel jobs change no result
+    assert _ran(_ser(fake_recipe, repo_root, "--overrides", "train.epochs=2", "--token-scope", "speaker",
+                     "--nj", "7")) == []
+    # logs are not inputs: the preparation's appended log does not re-run training
+    with open(fake_recipe / "data" / "local" / "prepare.log", "a") as f:
+        f.write("another run\n")
+    (fake_recipe / "data" / "train" / "extra.log").write_text("x\n")
+    assert _ran(_ser(fake_recipe, repo_root, "--overrides", "train.epochs=2", "--token-scope", "speaker")) == []
+
+
+def test_redo_retrains_from_scratch_and_the_new_model_is_evaluated_again(fake_recipe, repo_root):
+    assert _ran(_ser(fake_recipe, repo_root, "--stop-stage", "4")) == ["data", "egemaps", "tokens", "train_m",
+                                                                        "evaluate_m"]
+    r = _ser(fake_recipe, repo_root, "--stage", "3", "--stop-stage", "3", "--redo", "true")
+    calls = (fake_recipe / "calls.log").read_text().splitlines()
+    train = [c for c in calls if c.startswith("-m sertk.bin.train")]
+    assert _ran(r) == ["train_m"] and len(train) == 1 and train[0].endswith("--fresh")
+    # --fresh is not part of the training digest; the retrained model is an input of its evaluation
+    r = _ser(fake_recipe, repo_root, "--stage", "3", "--stop-stage", "4")
+    assert _ran(r) == ["evaluate_m"] and "inputs changed: exp/m/p/run_digest.json" in r.stderr
+
+
+def test_stage_1_sees_the_corpus_listing(fake_recipe, repo_root):
+    corpus = fake_recipe.parent / "corpus"
+    assert _ran(_ser(fake_recipe, repo_root, "--stop-stage", "1")) == ["data"]
+    assert _ran(_ser(fake_recipe, repo_root, "--stop-stage", "1")) == []
+    (corpus / "spk1" / "3.wav").write_bytes(b"RIFF")  # a file added
+    r = _ser(fake_recipe, repo_root, "--stop-stage", "1")
+    assert _ran(r) == ["data"] and f"corpus changed: {corpus} (3 -> 4 files" in r.stderr
+    (corpus / "spk1" / "0.wav").unlink()  # removed
+    assert _ran(_ser(fake_recipe, repo_root, "--stop-stage", "1")) == ["data"]
+    st = (corpus / "spk1" / "1.wav").stat()  # replaced: same size, another time
+    os.utime(corpus / "spk1" / "1.wav", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert _ran(_ser(fake_recipe, repo_root, "--stop-stage", "1")) == ["data"]
+    # several roots: repeat the option; a new root is a change too
+    (fake_recipe.parent / "csvs").mkdir()
+    r = _ser(fake_recipe, repo_root, "--stop-stage", "1", "--corpus-root", str(fake_recipe.parent / "csvs"))
+    assert _ran(r) == ["data"]
+    marker = json.loads((fake_recipe / "exp/.stages/stage1_data.json").read_text())
+    assert sorted(marker["signature"]["corpus"]) == [str(corpus), str(fake_recipe.parent / "csvs")]
+
+
+def test_stage_1_writes_where_data_says_with_the_python_given(fake_recipe, repo_root):
+    r = _ser(fake_recipe, repo_root, "--stop-stage", "1", "--data", "other_data")
+    assert (fake_recipe / "other_data" / "train" / "utt2spk").is_file() and not (fake_recipe / "data").exists()
+    assert "prep.py other_data" in (fake_recipe / "calls.log").read_text()  # run by --python, not python3
+    # a prepare command that ignores $data cannot honour --data: said before anything runs
+    env = {**os.environ, "CALLS": str(fake_recipe / "calls.log"), "REAL_PY": sys.executable}
+    r = _run(["bash", str(repo_root / "egs/TEMPLATE/ser.sh"), "--python", str(fake_recipe.parent / "fake_python"),
+              "--prepare-cmd", "$python prep.py data", "--stage", "1", "--stop-stage", "1", "--data", "d2"],
+             fake_recipe, env=env)
+    assert r.returncode != 0 and "--data d2: --prepare-cmd does not name $data" in r.stderr
+
+
+def test_every_recipe_prepares_into_data_with_python_and_lists_its_corpus(repo_root):
+    for run_sh in sorted((repo_root / "egs").glob("*/run.sh")):
+        text = run_sh.read_text()
+        if "--prepare-cmd" not in text:
+            continue
+        prepare = text.split("--prepare-cmd", 1)[1].split("\n", 1)[0]
+        assert '"\\$python ' in prepare and "\\$data" in prepare and "python3" not in prepare, run_sh
+        if run_sh.parent.name != "mini_emo":  # its audio is generated
+            assert "--corpus-root" in text, run_sh

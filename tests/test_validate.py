@@ -294,3 +294,100 @@ def test_label_map_rejects_bad_files(tmp_path):
     with pytest.raises(LabelError, match="duplicate labels"):
         LabelMap.load(bad)
     assert len(set(CANONICAL_EMOTIONS)) == 10 and "neutral" in CANONICAL_EMOTIONS
+
+
+# ------------------------------------------------ empty dirs and short clips (issue 14, item 5)
+def test_an_empty_dir_is_an_error(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    for f in ("wav.scp", "utt2spk", "utt2emo"):
+        (d / f).write_text("")
+    rep = validate_datadir(d, LM)
+    assert not rep.ok and rep.num_utts == 0
+    assert f"{d}/utt2spk: no utterances: the data dir is empty" in errors(rep)
+    assert "OK" not in rep.summary().splitlines()[-1]
+    assert cli.main([str(d)]) == 1
+
+
+def test_clips_shorter_than_the_default_minimum_are_named_and_fix_drops_them(tmp_path, capsys):
+    d = make_dir(tmp_path)
+    write_audio(tmp_path / "wav" / "s2-02.wav", np.zeros(int(0.2 * 16000), dtype=np.float32), 16000)
+    rep = validate_datadir(d)  # default minimum 0.25 s: openSMILE's windows need it
+    assert f"wav.scp:{line_of(d / 'wav.scp', 's2-02')}" in errors(rep)
+    assert "'s2-02' is 0.200 s long, shorter than the minimum 0.25 s" in errors(rep)
+    assert validate_datadir(d, min_duration=0.1).ok
+    assert cli.main([str(d), "--min-duration", "0.1"]) == 0
+    assert cli.main([str(d), "--fix"]) == 0
+    assert "dropped 1 utterance(s) (1 too short)" in capsys.readouterr().out
+    assert "s2-02" not in DataDir.read(d).utts
+
+
+def _protocols(tmp_path, body: str) -> Path:
+    p = tmp_path / "protocols.yaml"
+    p.write_text(body)
+    return p
+
+
+def test_stage1_validation_names_short_clips_with_a_configurable_minimum(tmp_path, capsys):
+    from sertk.bin import protocols as protocols_cli
+
+    data = tmp_path / "data"
+    make_dir(data, "train", speakers=("s1", "s2"))
+    make_dir(data, "test", speakers=("s3",))
+    write_audio(data / "wav" / "s3-01.wav", np.zeros(int(0.1 * 16000), dtype=np.float32), 16000)
+    body = ("corpus: toy\nprotocols:\n  p:\n    train: train\n    test: [test]\n")
+    p = _protocols(tmp_path, body)
+    assert protocols_cli.main(["--protocols", str(p), "--data", str(data), "--validate"]) == 1
+    assert "'s3-01' is 0.100 s long, shorter than the minimum 0.25 s" in capsys.readouterr().err
+    assert protocols_cli.main(["--protocols", str(p), "--data", str(data), "--validate",
+                               "--min-duration", "0.05"]) == 0
+    p = _protocols(tmp_path, "min_duration: 0.05\n" + body)  # a recipe lowers it in its protocols file
+    assert protocols_cli.main(["--protocols", str(p), "--data", str(data), "--validate"]) == 0
+
+
+# ----------------------------------------- one label map per protocol (issue 14, item 9)
+def test_each_set_is_checked_against_its_own_protocols_label_map(tmp_path, capsys):
+    from sertk.bin import protocols as protocols_cli
+
+    data = tmp_path / "data"
+    for name, spk in (("train_4", "s1"), ("test_4", "s2"), ("train_2", "s3"), ("test_2", "s4")):
+        make_dir(data, name, speakers=(spk,))
+    LM.save(tmp_path / "labels_4.yaml")
+    LabelMap(["ang", "neu"], name="two").save(tmp_path / "labels_2.yaml")
+    for name, old, new in (("test_4", "s2-01 hap", "s2-01 joy"), ("train_2", "s3-01 hap", "s3-01 ang"),
+                           ("train_2", "s3-03 sad", "s3-03 neu"), ("test_2", "s4-01 hap", "s4-01 ang"),
+                           ("test_2", "s4-03 sad", "s4-03 neu")):
+        (data / name / "utt2emo").write_text((data / name / "utt2emo").read_text().replace(old, new))
+    p = _protocols(tmp_path, "corpus: toy\nlabel_map: labels_4.yaml\nprotocols:\n"
+                             "  four:\n    train: train_4\n    test: [test_4]\n"
+                             "  two:\n    label_map: labels_2.yaml\n    train: train_2\n    test: [test_2]\n")
+    assert protocols_cli.main(["--protocols", str(p), "--data", str(data), "--validate"]) == 1
+    err = capsys.readouterr().err
+    assert f"{data}/test_4/utt2emo:{line_of(data / 'test_4' / 'utt2emo', 's2-01')}: label 'joy'" in err
+    assert "not in label map 'four'" in err
+    assert "sertk protocols: 1 error(s)" in err  # the two-class sets fit their own map
+    (data / "test_4" / "utt2emo").write_text((data / "test_4" / "utt2emo").read_text().replace("joy", "hap"))
+    assert protocols_cli.main(["--protocols", str(p), "--data", str(data), "--validate"]) == 0
+    (data / "test_2" / "utt2emo").write_text((data / "test_2" / "utt2emo").read_text().replace("s4-00 ang",
+                                                                                               "s4-00 sad"))
+    assert protocols_cli.main(["--protocols", str(p), "--data", str(data), "--validate"]) == 1
+    assert "label 'sad' (utterance 's4-00'" in capsys.readouterr().err
+
+
+def test_a_non_finite_egemaps_row_names_its_utterance(tmp_path):
+    """A store that holds a NaN row (a clip too short for openSMILE) fails naming the utterance, not sklearn's
+    anonymous "Input contains NaN"."""
+    from sertk.features.store import write_ark_scp
+    from sertk.tasks import TaskContext
+    from sertk.tasks.egemaps_linear import load_set
+
+    d = make_dir(tmp_path / "data", "train", speakers=("s1",))
+    feats = {u: np.ones(88, dtype=np.float32) for u in DataDir.read(d).utts}
+    feats["s1-02"][5] = np.nan
+    store = tmp_path / "dump" / "egemaps" / "train"
+    store.mkdir(parents=True)
+    write_ark_scp(feats, store / "feats.ark", store / "feats.scp")
+    ctx = TaskContext(data=tmp_path / "data", dump=tmp_path / "dump", expdir=tmp_path / "exp", name="lr", stage=4)
+    with pytest.raises(ValueError, match=r"feats.scp: the eGeMAPS features of 1 utterance\(s\) are not finite, "
+                                         r"e.g. s1-02"):
+        load_set(ctx, "train", speaker_norm=False)

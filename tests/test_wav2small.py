@@ -8,7 +8,7 @@ from sertk.models.logmel import LogMel
 from sertk.models.mobilenet_student import MobileNetStudent
 from sertk.models.wav2small import Wav2Small
 from sertk.train.distill import (AugmentConfig, DistillDataset, augment, distill_loss, label_with_teacher,
-                                 read_cache)
+                                 read_table)
 
 
 def n_params(m):
@@ -100,7 +100,7 @@ def test_teacher_labels_are_cached_per_seed_and_a_student_learns_them(tmp_path):
     d = _unlabelled_dir(tmp_path)
     aug = AugmentConfig(noise_p=0.0, speed_p=0.0)
     labels = label_with_teacher(_Loudness(), d, tmp_path / "cache", [0, 1], aug)
-    cached = read_cache(next((tmp_path / "cache").glob("unlab*/seed1.txt")))  # name, then any content digest
+    cached = dict(read_table(tmp_path / "cache" / "seed1.txt").values())  # key -> (utt, A/V/D), one table per seed
     assert len(cached) == 16 and np.allclose(cached["u03"], labels[("u03", 1)], atol=1e-5)
     again = label_with_teacher(None, d, tmp_path / "cache", [0, 1], aug)  # served from the cache: no teacher
     assert np.allclose(again[("u05", 0)], labels[("u05", 0)])

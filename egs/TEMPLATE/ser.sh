@@ -2,7 +2,11 @@
 # Shared SER stage script (the role of ESPnet's egs2/TEMPLATE/asr1/asr.sh).
 # A recipe's run.sh sets its corpus options and calls this script; every stage
 # is a thin call into the sertk library. A stage whose inputs, options and
-# config are unchanged is skipped ("stage N up to date"); --redo true re-runs.
+# config are unchanged is skipped ("stage N up to date"); --redo true re-runs
+# (and retrains from scratch: training stages get --fresh). What each stage's
+# digest covers: docs/recipes.md ("When a stage runs again").
+# --prepare-cmd and --pool-cmd run under bash with $python and $data set to
+# --python and --data: write them as \$python and \$data in run.sh.
 set -euo pipefail
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (ser.sh:${BASH_LINENO[0]}) $*" >&2; }
 help_message="Usage: $0 [options]   (run from egs/<corpus>/, usually through its run.sh)
@@ -14,7 +18,8 @@ Stages: 0 model zoo (mini_emo) | 1 data prep+validation | 2 features (eGeMAPS, c
 stage=0                   # first stage to run
 stop_stage=11             # last stage to run
 corpus=                   # corpus name (recorded in every result's protocol id)
-prepare_cmd=              # stage 1 command that writes data dirs under \$data
+prepare_cmd=              # stage 1 command that writes data dirs under \$data, run with \$python (write both escaped in run.sh)
+corpus_root=              # stage 1: corpus folder(s) the preparation reads (db.sh); their file listing is a stage-1 input (repeat the option for several)
 pool_cmd=                 # stage 0 command that writes the pre-training pool \$data/pretrain (mini_emo)
 zoo_config=               # stage 0 zoo config (mini_emo: conf/zoo.yaml); real recipes name hub checkpoints
 zoo=zoo                   # where stage 0 saves the zoo models (configs name zoo/<model>)
@@ -40,19 +45,48 @@ train_launcher=           # e.g. "torchrun --standalone --nproc_per_node=4": DDP
 
 here=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# --corpus-root may be given several times: gather each one before parse_options.sh keeps only the last
+__roots=() __rest=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --corpus-root|--corpus_root) __roots+=("${2-}"); shift; [ $# -eq 0 ] || shift ;;
+    --corpus-root=*|--corpus_root=*) __roots+=("${1#*=}"); shift ;;
+    *) __rest+=("$1"); shift ;;
+  esac
+done
+set -- "${__rest[@]+"${__rest[@]}"}"
+[ ${#__roots[@]} -eq 0 ] || corpus_root=$(printf '%s\n' "${__roots[@]}")
 . "$root/utils/parse_options.sh"
 
 sertk() { "$python" -m sertk.cli "$@"; }
 set_args=()
 for o in $overrides; do set_args+=(--set "$o"); done
 
-# run_stage NUM NAME "INPUTS" "OUTPUTS" -- CMD...: skip when up to date.
+# run_stage NUM NAME "INPUTS" "OUTPUTS" "OPTIONS" [STAGE-ARGS...] -- CMD...: skip when up to date.
+# OPTIONS are this stage's own options (a change re-runs it, and only it); STAGE-ARGS go to
+# `sertk stage`: --corpus-root=DIR (a listed input), --run-arg=WORD (appended to CMD, not part of
+# the digest: --nj, --fresh).
 run_stage() {
-  local num=$1 name=$2 inputs=$3 outputs=$4; shift 5
+  local num=$1 name=$2 inputs=$3 outputs=$4 options=$5 extra=()
+  shift 5
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do extra+=("$1"); shift; done
+  shift
   # shellcheck disable=SC2086
   sertk stage --num "$num" --name "$name" --exp "$exp" --inputs $inputs --outputs $outputs \
-    --options "corpus=$corpus sample_rate=$sample_rate token_scope=$token_scope overrides=$overrides" \
-    --redo "$redo" -- "$@"
+    --options "$options" --redo "$redo" "${extra[@]+"${extra[@]}"}" -- "$@"
+}
+# corpus_roots: one --corpus-root=DIR per --corpus-root (a value that is no folder is split on spaces)
+corpus_roots=()
+while IFS= read -r r; do
+  [ -n "$r" ] || continue
+  if [ -d "$r" ]; then corpus_roots+=("--corpus-root=$r"); else for w in $r; do corpus_roots+=("--corpus-root=$w"); done; fi
+done <<< "$corpus_root"
+# a prepare/pool command writes where --data says only if it names \$data
+check_uses_data() {
+  case $2 in *'$data'*|*'${data}'*) return 0 ;; esac
+  [ "$data" = data ] && return 0
+  log "--data $data: $1 does not name \$data, so it cannot write there: write \\\$data in run.sh (docs/recipes.md)"
+  exit 1
 }
 sets() { sertk protocols --protocols "$protocols" --list-sets; }
 # An entry of a --*-configs list is CONFIG, run on --protocols, or CONFIG@PROTOCOLS_FILE, run on that file.
@@ -70,8 +104,8 @@ if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
     log "stage 0: no --zoo-config for this recipe (its configs name hub checkpoints), nothing to do"
   else
     log "stage 0: pre-training pool and model zoo ($zoo_config -> $zoo/)"
-    [ -z "$pool_cmd" ] || bash -c "$pool_cmd"   # skips itself when the pool is up to date
-    run_stage 0 zoo "$zoo_config $data/pretrain $root/sertk/zoo" "$zoo" -- \
+    [ -z "$pool_cmd" ] || { check_uses_data --pool-cmd "$pool_cmd"; env python="$python" data="$data" bash -c "$pool_cmd"; }  # skips itself when up to date
+    run_stage 0 zoo "$zoo_config $data/pretrain $root/sertk/zoo" "$zoo" "" -- \
       "$python" -m sertk.bin.build_zoo --config "$zoo_config" --pool "$data/pretrain" --zoo "$zoo"
   fi
 fi
@@ -79,8 +113,10 @@ fi
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   log "stage 1: data preparation and validation"
   [ -n "$prepare_cmd" ] || { log "set --prepare-cmd in run.sh"; exit 1; }
-  # shellcheck disable=SC2086
-  run_stage 1 data "conf local $protocols" "$data" -- bash -c "$prepare_cmd"
+  check_uses_data --prepare-cmd "$prepare_cmd"
+  # inputs: the recipe's conf/ and local/, and the listing of the corpus folder(s) it reads
+  run_stage 1 data "conf local $protocols" "$data" "corpus=$corpus" "${corpus_roots[@]+"${corpus_roots[@]}"}" -- \
+    env python="$python" data="$data" bash -c "$prepare_cmd"
   sertk protocols --protocols "$protocols" --data "$data" --validate
   # protocols files with a build: section (multi-corpus sets from sibling recipes, e.g. SELM's) are
   # built here; a sibling that is not prepared stops the run, naming it and the command that prepares
@@ -93,7 +129,7 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
     if [ -n "$ins" ]; then
       log "stage 1: multi-corpus sets of $p"
       run_stage 1 "build_$(basename "$p" .yaml)" "$ins" \
-        "$("$python" -m sertk.bin.build_multicorpus --protocols "$p" --data "$data" --list-outputs)" -- \
+        "$("$python" -m sertk.bin.build_multicorpus --protocols "$p" --data "$data" --list-outputs)" "corpus=$corpus" -- \
         "$python" -m sertk.bin.build_multicorpus --protocols "$p" --data "$data"
       sertk protocols --protocols "$p" --data "$data" --validate --no-audio   # siblings checked their audio
     else
@@ -109,25 +145,29 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   for s in $set_list; do ins+=" $data/$s"; outs+=" $dump/egemaps/$s"; done
   if [ "$backend" = local ]; then  # one pool for every set: workers start once
     # shellcheck disable=SC2086
-    run_stage 2 egemaps "$ins" "$(for o in $outs; do printf '%s/feats.scp ' "$o"; done)" -- \
-      "$python" -m sertk.bin.extract_egemaps --data $ins --out $outs --nj "$nj" --sample-rate "$sample_rate"
+    run_stage 2 egemaps "$ins" "$(for o in $outs; do printf '%s/feats.scp ' "$o"; done)" "sample_rate=$sample_rate" \
+      --run-arg=--nj --run-arg="$nj" -- \
+      "$python" -m sertk.bin.extract_egemaps --data $ins --out $outs --sample-rate "$sample_rate"
   else
     for s in $set_list; do
-      run_stage 2 "egemaps_$s" "$data/$s" "$dump/egemaps/$s/feats.scp" -- \
-        "$python" -m sertk.bin.extract_egemaps --data "$data/$s" --out "$dump/egemaps/$s" \
-          --nj "$nj" --backend "$backend" --slurm-opts "$slurm_opts" --sample-rate "$sample_rate"
+      run_stage 2 "egemaps_$s" "$data/$s" "$dump/egemaps/$s/feats.scp" "sample_rate=$sample_rate" \
+        --run-arg=--nj --run-arg="$nj" --run-arg=--backend --run-arg="$backend" \
+        --run-arg=--slurm-opts --run-arg="$slurm_opts" -- \
+        "$python" -m sertk.bin.extract_egemaps --data "$data/$s" --out "$dump/egemaps/$s" --sample-rate "$sample_rate"
     done
   fi
-  run_stage 2 tokens "$protocols $dump/egemaps" "$dump/tokens" -- \
+  run_stage 2 tokens "$protocols $dump/egemaps" "$dump/tokens" "token_scope=$token_scope" -- \
     "$python" -m sertk.bin.protocol_tokens --protocols "$protocols" --data "$data" \
       --feats "$dump/egemaps" --out "$dump/tokens" --scope "$token_scope"
 fi
 
 # run_configs STAGE ACTION CONFIGS: train or evaluate each config on every protocol of its protocols file.
 run_configs() {
-  local num=$1 action=$2 configs=$3 entry c p tag launcher deps
+  local num=$1 action=$2 configs=$3 entry c p tag launcher deps fresh=()
   launcher="$python"
   [ "$action" = train ] && [ -n "$train_launcher" ] && launcher=$train_launcher
+  # --redo true retrains from scratch (the old run is moved aside, see docs/trainer.md)
+  [ "$action" = train ] && [ "$redo" = true ] && fresh=(--run-arg=--fresh)
   for entry in $configs; do
     c=$(config_of "$entry"); p=$(protocols_of "$entry")
     [ -f "$c" ] || { log "stage $num: no such config $c"; exit 1; }
@@ -140,15 +180,21 @@ run_configs() {
     # and at evaluation their results (e.g. eval.baseline: the relative gain)
     deps=$(for d in $(grep -oE 'exp/[A-Za-z0-9_.-]+' "$c" | sort -u); do
              [ "$d" != "exp/$tag" ] || continue
-             find "$d" -name best.safetensors -not -path '*/checkpoints/*' 2>/dev/null || true
+             find "$d" -name best.safetensors -not -path '*/checkpoints/*' -not -path '*.old-[0-9]*' 2>/dev/null || true
              if [ "$action" = evaluate ]; then
-               find "$d" -path '*/eval/*' -name results.json -not -path '*/fewshot/*' 2>/dev/null || true
+               find "$d" -path '*/eval/*' -name results.json -not -path '*/fewshot/*' -not -path '*.old-[0-9]*' \
+                 2>/dev/null || true
              fi
            done | sort | tr '\n' ' ')
+    # evaluation: this config's own trained runs (a retrained or newly finished model is evaluated again)
+    if [ "$action" = evaluate ]; then
+      deps+=" $(find "$exp/$tag" -name run_digest.json -not -path '*.old-[0-9]*' 2>/dev/null | sort | tr '\n' ' ')"
+    fi
     # zoo models a config names: a rebuilt zoo model re-runs the stage
     deps+=$(for d in $(grep -oE "(^|[ {:])$zoo/[A-Za-z0-9_.-]+" "$c" | grep -oE "$zoo/[A-Za-z0-9_.-]+" | sort -u); do
               [ ! -f "$d/zoo.json" ] || printf ' %s' "$d/zoo.json"; done)
-    run_stage "$num" "${action}_${tag}" "$c $p $data $dump/egemaps $deps" "$exp/$tag" -- \
+    run_stage "$num" "${action}_${tag}" "$c $p $data $dump/egemaps $deps" "$exp/$tag" \
+      "corpus=$corpus sample_rate=$sample_rate overrides=$overrides" "${fresh[@]+"${fresh[@]}"}" -- \
       $launcher -m sertk.bin.$action --config "$c" --protocols "$p" --data "$data" \
         --dump "$dump" --exp "$exp/$tag" --corpus "$corpus" --sample-rate "$sample_rate" --stage "$num" "${set_args[@]+"${set_args[@]}"}"
   done

@@ -27,7 +27,8 @@ cd "$(dirname "$0")"
 
 ../TEMPLATE/ser.sh \
   --corpus cremad \
-  --prepare-cmd "python3 local/prepare.py --db '${CREMAD}' --out data --protocols conf/protocols.yaml conf/protocols_perceived.yaml" \
+  --corpus-root "${CREMAD}" \
+  --prepare-cmd "\$python local/prepare.py --db '${CREMAD}' --out \$data --protocols conf/protocols.yaml conf/protocols_perceived.yaml" \
   --protocols conf/protocols.yaml \
   --ser-configs "conf/egemaps_lr.yaml conf/classifier_multicorpus.yaml@conf/protocols_selm.yaml conf/selm.yaml@conf/protocols_selm.yaml" \
   "$@"

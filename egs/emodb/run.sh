@@ -9,7 +9,8 @@ cd "$(dirname "$0")"
 
 ../TEMPLATE/ser.sh \
   --corpus emodb \
-  --prepare-cmd "python3 local/prepare.py --db '${EMODB}' --out data --protocols conf/protocols.yaml" \
+  --corpus-root "${EMODB}" \
+  --prepare-cmd "\$python local/prepare.py --db '${EMODB}' --out \$data --protocols conf/protocols.yaml" \
   --protocols conf/protocols.yaml \
   --ser-configs "conf/egemaps_lr.yaml" \
   "$@"

@@ -9,7 +9,8 @@ cd "$(dirname "$0")"
 
 ../TEMPLATE/ser.sh \
   --corpus fau_aibo \
-  --prepare-cmd "python3 local/prepare.py --db '${FAU_AIBO}' --out data --protocols conf/protocols.yaml" \
+  --corpus-root "${FAU_AIBO}" \
+  --prepare-cmd "\$python local/prepare.py --db '${FAU_AIBO}' --out \$data --protocols conf/protocols.yaml" \
   --protocols conf/protocols.yaml \
   --ser-configs "conf/egemaps_lr.yaml" \
   "$@"

@@ -27,7 +27,8 @@ cd "$(dirname "$0")"
 
 ../TEMPLATE/ser.sh \
   --corpus iemocap \
-  --prepare-cmd "python3 local/prepare.py --db '${IEMOCAP}' --out data --protocols conf/protocols.yaml" \
+  --corpus-root "${IEMOCAP}" \
+  --prepare-cmd "\$python local/prepare.py --db '${IEMOCAP}' --out \$data --protocols conf/protocols.yaml" \
   --protocols conf/protocols.yaml \
   --ser-configs "conf/egemaps_lr.yaml conf/classifier_multicorpus.yaml@conf/protocols_selm.yaml conf/selm.yaml@conf/protocols_selm.yaml" \
   --distill-configs "conf/teacher.yaml conf/wav2small.yaml conf/wav2small_17k.yaml conf/mobilenetv3_large.yaml conf/mobilenetv4_small.yaml" \

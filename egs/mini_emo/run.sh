@@ -12,8 +12,8 @@ cd "$(dirname "$0")"
 
 ../TEMPLATE/ser.sh \
   --corpus mini_emo \
-  --prepare-cmd "python3 -m sertk.bin.make_synth_corpus --config conf/synth.yaml --out-audio downloads/audio --out-data data --nj 2" \
-  --pool-cmd "python3 -m sertk.bin.make_synth_corpus --config conf/synth.yaml --part pretrain --out-audio downloads/audio --out-data data --nj 2" \
+  --prepare-cmd "\$python -m sertk.bin.make_synth_corpus --config conf/synth.yaml --out-audio downloads/audio --out-data \$data --nj 2" \
+  --pool-cmd "\$python -m sertk.bin.make_synth_corpus --config conf/synth.yaml --part pretrain --out-audio downloads/audio --out-data \$data --nj 2" \
   --zoo-config conf/zoo.yaml \
   --protocols conf/protocols.yaml \
   --ser-configs "conf/egemaps_lr.yaml conf/egemaps_lr_spknorm.yaml conf/probe_w2v.yaml conf/probe_wavlm.yaml conf/classifier.yaml conf/selm.yaml" \

@@ -15,7 +15,8 @@ cd "$(dirname "$0")"
 
 ../TEMPLATE/ser.sh \
   --corpus msp_podcast \
-  --prepare-cmd "python3 local/prepare.py --db '${MSP_PODCAST}' --out data --protocols conf/protocols.yaml --optional-protocols conf/protocols_test3.yaml" \
+  --corpus-root "${MSP_PODCAST}" \
+  --prepare-cmd "\$python local/prepare.py --db '${MSP_PODCAST}' --out \$data --protocols conf/protocols.yaml --optional-protocols conf/protocols_test3.yaml" \
   --protocols conf/protocols.yaml \
   --ser-configs "conf/egemaps_lr.yaml" \
   --distill-configs "conf/teacher.yaml@conf/protocols.yaml conf/wav2small.yaml@conf/protocols.yaml conf/wav2small_17k.yaml@conf/protocols.yaml conf/mobilenetv3_large.yaml@conf/protocols.yaml conf/mobilenetv4_small.yaml@conf/protocols.yaml" \

@@ -25,7 +25,8 @@ cd "$(dirname "$0")"
 
 ../TEMPLATE/ser.sh \
   --corpus ravdess \
-  --prepare-cmd "python3 local/prepare.py --db '${RAVDESS}' --out data --protocols conf/protocols.yaml" \
+  --corpus-root "${RAVDESS}" \
+  --prepare-cmd "\$python local/prepare.py --db '${RAVDESS}' --out \$data --protocols conf/protocols.yaml" \
   --protocols conf/protocols.yaml \
   --ser-configs "conf/egemaps_lr.yaml conf/classifier_multicorpus.yaml@conf/protocols_selm.yaml conf/selm.yaml@conf/protocols_selm.yaml" \
   "$@"

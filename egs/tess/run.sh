@@ -10,7 +10,8 @@ cd "$(dirname "$0")"
 
 ../TEMPLATE/ser.sh \
   --corpus tess \
-  --prepare-cmd "python3 local/prepare.py --db '${TESS}' --out data --protocols conf/protocols.yaml" \
+  --corpus-root "${TESS}" \
+  --prepare-cmd "\$python local/prepare.py --db '${TESS}' --out \$data --protocols conf/protocols.yaml" \
   --protocols conf/protocols.yaml \
   --ser-configs "conf/egemaps_lr.yaml" \
   "$@"

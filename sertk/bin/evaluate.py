@@ -1,4 +1,8 @@
-"""Evaluate one trained config on every test set of every protocol split (stages 4, 6, 8-10)."""
+"""Evaluate one trained config on every test set of every protocol split (stages 4, 6, 8-10).
+
+A split trained under other settings than the current ones (its run_digest.json
+differs) is refused, naming what changed: train it again first.
+"""
 import sys
 
 from sertk.tasks.runner import run

@@ -94,7 +94,8 @@ def _write_split(path: Path, dd: DataDir, split: dict, report: PrepReport, corpu
 
 
 def main(argv: list[str] | None = None) -> int:
-    pre = argparse.ArgumentParser(add_help=False)
+    # no abbreviations: '--db DIR' must not be read as '--db-var DIR' (the messages would name no variable)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default="conf/import.yaml")
     pre.add_argument("--db-var", default="CORPUS", help="the db.sh variable named in messages")
     known, rest = pre.parse_known_args(argv)

@@ -1,4 +1,9 @@
-"""Train one model config on every split of a recipe's protocols (stages 3, 5, 7)."""
+"""Train one model config on every split of a recipe's protocols (stages 3, 5, 7).
+
+A split resumes only a run with the same run digest (config, data, code);
+any other run in its dir, or every run with --fresh, is moved aside to
+<dir>.old-<n> and training starts from scratch (sertk.tasks.runner).
+"""
 import sys
 
 from sertk.tasks.runner import run

@@ -1,8 +1,8 @@
 """Validate Kaldi-style data dirs (with --fix: drop unusable utterances, sort, dedupe).
 
 Checks sort order (byte order), unique ids, that all per-utterance files cover
-the same utterances, segments, audio (exists, readable, non-empty, long
-enough), labels against the recipe's label map and finite A/V/D values, and
+the same utterances, that there is at least one, segments, audio (exists,
+readable, at least --min-duration long), labels against the recipe's label map and finite A/V/D values, and
 with --disjoint-from that no speaker is shared with another split. Prints the
 class counts of every split. Exit status 1 when an error remains.
 
@@ -16,7 +16,7 @@ import sys
 
 from sertk.data.datadir import DataDirError
 from sertk.data.labels import LabelError, LabelMap
-from sertk.data.validate import check_speaker_disjoint, class_count_table, validate_datadir
+from sertk.data.validate import DEFAULT_MIN_DURATION, check_speaker_disjoint, class_count_table, validate_datadir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-audio", action="store_true", help="skip the audio checks")
     p.add_argument("--decode-audio", action="store_true",
                    help="decode every utterance (slow; catches corrupt payloads the header check misses)")
-    p.add_argument("--min-duration", type=float, default=0.0, help="shortest usable utterance, seconds")
+    p.add_argument("--min-duration", type=float, default=DEFAULT_MIN_DURATION,
+                   help="shortest usable utterance, seconds (default %(default)s: shorter clips give "
+                        "non-finite eGeMAPS; 0 turns the check off)")
     p.add_argument("--require", action="append", default=[], metavar="FILE",
                    help="a file that must exist besides wav.scp and utt2spk, e.g. utt2emo (repeatable)")
     p.add_argument("--fix", action="store_true",

@@ -19,6 +19,10 @@ can be compared only when they were computed on the same split::
         folds:
           - {train: fold1_train, dev: fold1_dev, test: [fold1_test]}
 
+A set is validated (stage 1) against the label map of the protocol that uses
+it (a protocol's own ``label_map:`` overrides the file's), and its utterances
+must be at least ``min_duration`` seconds long (top level, default 0.25).
+
 A protocol's ``lists`` name the committed, versioned split list files
 (sertk.data.corpus_prep) that its data dirs are built from; every result then
 also records their sha256 (``lists_hash``), so a figure names the exact split.
@@ -166,3 +170,30 @@ def all_sets(splits: list[Split]) -> list[str]:
     for s in splits:
         names.update([s.train, *s.tests] + ([s.dev] if s.dev else []))
     return byte_sorted(names)
+
+
+def label_maps_by_set(splits: list[Split]) -> dict[str, list[str]]:
+    """Each set -> the label map file(s) of the protocols that use it, in protocol order.
+
+    A protocols file may give each protocol its own map (MSP-Podcast's 8 and
+    10 classes, FAU-Aibo's 5 and 2): a set's labels are checked against the
+    map(s) of its own protocol(s), never against another protocol's.
+    """
+    out: dict[str, list[str]] = {name: [] for name in all_sets(splits)}
+    for s in splits:
+        for name in [s.train, *s.tests] + ([s.dev] if s.dev else []):
+            if s.label_map and s.label_map not in out[name]:
+                out[name].append(s.label_map)
+    return out
+
+
+def min_duration_of(path: str | Path, default: float) -> float:
+    """The protocols file's ``min_duration:`` (shortest usable utterance, seconds), else ``default``."""
+    value = load_yaml(path).get("min_duration", default)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: min_duration must be a number of seconds, got {value!r}") from None
+    if value < 0:
+        raise ConfigError(f"{path}: min_duration must be >= 0, got {value}")
+    return value

@@ -5,6 +5,9 @@ resampled (torchaudio) to the rate the caller asks for; nothing assumes 16 kHz.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -99,3 +102,44 @@ def audio_digest(datadir) -> str:
         h.update(f"{utt}\t{path}\t{start}\t{end}\t{stats[path][0]}\t{stats[path][1]}\n".encode())
     return h.hexdigest()
 
+
+@dataclass(frozen=True)
+class Source:
+    """An utterance's audio (file, segment span) and the content key its features are stored under."""
+
+    utt: str
+    path: str
+    start: float | None
+    end: float | None
+    key: str
+
+    def describe(self) -> str:
+        """One provenance line for the shard's .src file."""
+        return f"{self.utt}\t{self.path}\t{self.start}\t{self.end}"
+
+
+def _file_stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # unreadable: the extraction names the utterance when it gets there
+    return st.st_size, st.st_mtime_ns
+
+
+def content_key(real_path: str, start: float | None, end: float | None, stat: tuple[int, int] | None) -> str:
+    """Digest of what an utterance's audio is: file, span, size and mtime (stat only, no decoding)."""
+    text = f"{real_path}\t{start}\t{end}\t{stat}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def utterance_sources(datadir) -> list[Source]:
+    """Every utterance of a data dir with its content key, in data dir order."""
+    stats: dict[str, tuple[int, int] | None] = {}
+    out = []
+    for utt in datadir.utts:
+        path, start, end = datadir.audio_source(utt)
+        real = os.path.realpath(path)
+        if real not in stats:
+            stats[real] = _file_stat(real)
+        out.append(Source(utt, path, start, end, content_key(real, start, end, stats[real])))
+    return out

@@ -703,9 +703,9 @@ def run_prepare(corpus: CorpusInfo, build: BuildFn, argv: list[str] | None = Non
             build_protocol_sets(corpus_dd, proto, out, report, optional=True)
     except (PrepError, ConfigError) as e:
         report.write(out / "local")
-        log.error("%s", report.summary())
+        log.info("%s", report.summary())  # what was left out is no error; the failure below is
         report.append_to_log(out / "local" / "prepare.log")
-        print(f"{corpus.name} preparation failed: {e}", file=sys.stderr)
+        log.error("%s preparation failed: %s", corpus.name, e)
         return 1
     report.write(out / "local")
     log.info("%s", report.summary())

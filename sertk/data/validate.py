@@ -34,6 +34,11 @@ EXTRA_UTT_FILES = ("utt2dur", "utt2num_frames", "feats.scp", "vad.scp", "utt2lan
 EXTRA_SPK_FILES = ("spk2gender", "cmvn.scp")
 EXTRA_RECO_FILES = ("reco2dur", "reco2file_and_channel")
 SEGMENT_END_SLACK = 0.05  # seconds a segment may run past its recording's end (rounding in data prep)
+# Shortest usable utterance, seconds: openSMILE's eGeMAPS windows give non-finite functionals on
+# shorter clips, which would otherwise pass stage 1 and abort stage 2. A recipe lowers it with
+# ``min_duration:`` in its protocols file (sertk protocols) or --min-duration (validate-data-dir).
+DEFAULT_MIN_DURATION = 0.25
+MIN_DURATION_HINT = "lower the minimum (--min-duration, or min_duration: in the protocols file)"
 
 
 @dataclass
@@ -186,14 +191,15 @@ def _example(ids: Iterable[str]) -> str:
 
 # ----------------------------------------------------------- validation
 def validate_datadir(path: str | Path, label_map: LabelMap | str | Path | None = None,
-                     check_audio: bool = True, min_duration: float = 0.0, require: Iterable[str] = (),
+                     check_audio: bool = True, min_duration: float = DEFAULT_MIN_DURATION, require: Iterable[str] = (),
                      fix: bool = False, out: str | Path | None = None,
                      decode_audio: bool = False) -> ValidationReport:
     """Validate ``path``; with ``fix`` write the cleaned dir to ``out`` (default: in place).
 
     ``check_audio`` reads every file's header (soundfile.info: exists, readable,
-    non-empty, long enough); ``decode_audio`` also decodes every utterance,
-    which catches corrupt payloads at the cost of reading all audio.
+    non-empty, at least ``min_duration`` seconds); ``decode_audio`` also decodes
+    every utterance, which catches corrupt payloads at the cost of reading all
+    audio. A directory without utterances is an error: every later stage fails on it.
     """
     path = Path(path)
     if isinstance(label_map, (str, Path)):
@@ -386,10 +392,18 @@ def _validate(path: Path, label_map: LabelMap | None, check_audio: bool, min_dur
                              "mean": sum(good) / len(good)}
 
     rep.num_utts = len(ref.rows)
+    if not ref.rows:
+        rep.errors.append(_empty_dir(ref))
     rep.num_speakers = len({v for _, v in ref.rows.values()})
     rep.class_counts = dict(sorted(counts.items(), key=lambda kv: (
         label_map.labels.index(kv[0]) if label_map and kv[0] in label_map.labels else 1 << 30, kv[0])))
     return rep, _State(tables, universe, drop, partial)
+
+
+def _empty_dir(utt2spk: _Table) -> Issue:
+    """No utterance at all: "0 utterances OK" would only defer the failure to a model stage."""
+    return Issue(str(utt2spk.path), "no utterances: the data dir is empty",
+                 "check data preparation (the corpus path in db.sh, its filters, the split list)", "empty dir")
 
 
 def _uncovered_domains(t: _Table, lacking: set[str], tables: dict[str, _Table], rep: ValidationReport) -> set[str]:
@@ -500,7 +514,7 @@ def _check_audio(tables, has_segments, min_duration, decode_audio, rep, flag) ->
     for u, d in durs.items():
         if d < min_duration:
             flag(Issue(where.where(u), f"utterance {u!r} is {d:.3f} s long, shorter than the minimum {min_duration} s",
-                       f"lower --min-duration, or {FIX_HINT}", "too short", frozenset({u})))
+                       f"{MIN_DURATION_HINT}, or {FIX_HINT}", "too short", frozenset({u})))
     if decode_audio:
         for u in durs:
             if has_segments:

@@ -18,6 +18,10 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, mean_abs
 # bounds memory (n_boot x n int64) without changing the result for a seed.
 _BOOT_BLOCK = 2_000_000
 
+# CCC is undefined when its denominator var(x) + var(y) + (mean(x) - mean(y))^2 vanishes (both
+# inputs the same constant); below this fraction of the squared means it is rounding noise.
+_CCC_EPS = 1e-12
+
 CLASSIFICATION_BOOT_METRICS = ("uar", "wa", "macro_f1")
 REGRESSION_BOOT_METRICS = ("ccc", "ccc_mean")
 
@@ -124,7 +128,8 @@ def _ccc_batched(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     vx, vy = x.var(-1), y.var(-1)
     cov = ((x - mx[..., None]) * (y - my[..., None])).mean(-1)
     den = vx + vy + (mx - my) ** 2
-    return np.where(den > 0, 2.0 * cov / np.where(den > 0, den, 1.0), np.nan)
+    defined = den > _CCC_EPS * (1.0 + mx ** 2 + my ** 2)
+    return np.where(defined, 2.0 * cov / np.where(defined, den, 1.0), np.nan)
 
 
 def _as_float_array(a, what: str) -> np.ndarray:
@@ -135,22 +140,25 @@ def _as_float_array(a, what: str) -> np.ndarray:
     return arr
 
 
-def ccc(x, y) -> float:
-    """Lin's concordance correlation coefficient over the whole set.
+def ccc(x, y) -> float | None:
+    """Lin's concordance correlation coefficient over the whole set; None where it is undefined.
 
     2*cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))^2), population
     (1/N) moments, so a constant shift or a scale change lowers it where
-    Pearson's r would not notice.
+    Pearson's r would not notice. A constant prediction of a varying
+    reference (or the reverse) scores 0. Undefined (None, never an exception:
+    one test set's constant dimension must not take the whole evaluation
+    down) when the denominator vanishes -- reference and prediction are the
+    same constant, e.g. a dimension the test set annotates with one value and
+    a model that learned it -- or with fewer than 2 values.
     """
     x, y = _as_float_array(x, "ccc x"), _as_float_array(y, "ccc y")
     if x.ndim != 1 or y.ndim != 1 or len(x) != len(y):
         raise ValueError(f"ccc needs two 1-D arrays of equal length, got shapes {x.shape} and {y.shape}")
     if len(x) < 2:
-        raise ValueError("ccc needs at least 2 values")
+        return None
     value = float(_ccc_batched(x, y))
-    if math.isnan(value):
-        raise ValueError("ccc is undefined: both inputs are the same constant")
-    return value
+    return None if math.isnan(value) else value
 
 
 def _as_2d(pred, gold, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -166,16 +174,17 @@ def _as_2d(pred, gold, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return pred, gold
 
 
-def ccc_per_dim(pred, gold, names: Sequence[str]) -> dict[str, float]:
-    """CCC of each column of ``pred`` [N, D] against ``gold`` [N, D], keyed by ``names``."""
+def ccc_per_dim(pred, gold, names: Sequence[str]) -> dict[str, float | None]:
+    """CCC of each column of ``pred`` [N, D] against ``gold`` [N, D], keyed by ``names``
+    (None for a dimension where it is undefined, see :func:`ccc`)."""
     pred, gold = _as_2d(pred, gold, names)
-    out = {}
-    for j, name in enumerate(names):
-        try:
-            out[str(name)] = ccc(pred[:, j], gold[:, j])
-        except ValueError as e:
-            raise ValueError(f"dimension {name!r}: {e}") from None
-    return out
+    return {str(name): ccc(pred[:, j], gold[:, j]) for j, name in enumerate(names)}
+
+
+def mean_defined(values) -> float | None:
+    """Mean of the values that are not None; None when none is."""
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
@@ -185,18 +194,28 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def regression_metrics(pred, gold, names: Sequence[str]) -> dict:
-    """CCC per dimension and their mean, Pearson's r and MAE per dimension."""
+    """CCC per dimension and their mean, Pearson's r and MAE per dimension.
+
+    A dimension whose CCC is undefined (see :func:`ccc`) has None (null in
+    results.json) and is named in ``ccc_undefined``; ``ccc_mean`` is the mean
+    over the defined dimensions only (``ccc_undefined`` says how many it
+    lacks), and None when no dimension is defined.
+    """
     pred, gold = _as_2d(pred, gold, names)
     per_dim = ccc_per_dim(pred, gold, names)
     mae = mean_absolute_error(gold, pred, multioutput="raw_values")
-    return {
+    out = {
         "n": int(pred.shape[0]),
         "dims": [str(k) for k in names],  # the order of the dimensions (JSON objects lose it)
         "ccc": per_dim,
-        "ccc_mean": float(np.mean(list(per_dim.values()))),
+        "ccc_mean": mean_defined(per_dim.values()),
         "pearson": {str(k): _pearson(pred[:, j], gold[:, j]) for j, k in enumerate(names)},
         "mae": {str(k): float(v) for k, v in zip(names, mae)},
     }
+    undefined = [k for k, v in per_dim.items() if v is None]
+    if undefined:
+        out["ccc_undefined"] = undefined
+    return out
 
 
 # ---------------------------------------------------------------- bootstrap
@@ -236,19 +255,29 @@ def _boot_ccc(y_true, y_pred, name: str, n_boot: int, seed: int) -> np.ndarray:
     stats = []
     for idx in _boot_blocks(gold.shape[1], n_boot, seed):
         c = _ccc_batched(pred[:, idx], gold[:, idx])  # [D, b]
-        stats.append(c.mean(0))
+        stats.append(_nanmean_rows(c))
     return np.concatenate(stats)
 
 
+def _nanmean_rows(c: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 of the defined (non-NaN) entries, NaN where none is: ccc_mean per resample."""
+    defined = ~np.isnan(c)
+    n = defined.sum(0)
+    return np.where(n > 0, np.where(defined, c, 0.0).sum(0) / np.maximum(n, 1), np.nan)
+
+
 def bootstrap_ci(y_true, y_pred, metric_fn: str | Callable, n_boot: int = 1000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float]:
+                 seed: int = 0) -> tuple[float, float] | tuple[None, None]:
     """Percentile bootstrap interval of a test-set metric (utterances resampled with replacement).
 
     ``metric_fn`` is a name computed vectorised in numpy -- ``"uar"``, ``"wa"``,
     ``"macro_f1"`` (label strings) or ``"ccc"`` (1-D floats) / ``"ccc_mean"``
-    ([N, D] floats, mean over dimensions) -- or any ``f(y_true, y_pred) -> float``,
+    ([N, D] floats, mean over the dimensions defined in each resample, as
+    :func:`regression_metrics`) -- or any ``f(y_true, y_pred) -> float | None``,
     called once per resample on numpy arrays (slow for sklearn-based functions).
-    Both paths draw the same resamples for a given ``seed``.
+    Both paths draw the same resamples for a given ``seed``. Resamples where
+    the metric is undefined (None/NaN) are left out; ``(None, None)`` when it
+    is undefined on all of them (a constant CCC dimension): no interval, no error.
     """
     n = len(y_true)
     if n != len(y_pred):
@@ -269,13 +298,18 @@ def bootstrap_ci(y_true, y_pred, metric_fn: str | Callable, n_boot: int = 1000, 
                              f"{', '.join(CLASSIFICATION_BOOT_METRICS + REGRESSION_BOOT_METRICS)} or a callable")
     else:
         yt, yp = np.asarray(y_true), np.asarray(y_pred)
-        stats = np.array([float(metric_fn(yt[row], yp[row]))
+        stats = np.array([_as_stat(metric_fn(yt[row], yp[row]))
                           for idx in _boot_blocks(n, n_boot, seed) for row in idx])
     finite = stats[np.isfinite(stats)]
     if finite.size == 0:
-        raise ValueError("the metric is undefined on every bootstrap resample")
+        return None, None
     low, high = np.quantile(finite, [alpha / 2.0, 1.0 - alpha / 2.0])
     return float(low), float(high)
+
+
+def _as_stat(value) -> float:
+    """A callable metric's value for one resample; None (undefined) counts as NaN."""
+    return math.nan if value is None else float(value)
 
 
 # ---------------------------------------------------------------- folds

@@ -58,6 +58,7 @@ class Row:
     section: str = ""                                 # RESULTS.md section (see group_title)
     plot: Path | None = None
     collapsed: bool = False                           # the model (of any fold) did not learn
+    undefined: dict = field(default_factory=dict)     # CCC dim -> folds where it is undefined ([] for a single result)
 
     @property
     def label(self) -> str:
@@ -104,10 +105,17 @@ def _collapsed(record: dict) -> bool:
     return bool((record.get("extra") or {}).get("collapsed"))
 
 
+def _undefined_ccc(metrics: dict) -> list[str]:
+    """Dimensions whose CCC a result records as null (undefined: see sertk.eval.metrics.ccc)."""
+    c = metrics.get("ccc")
+    return [d for d, v in c.items() if v is None] if isinstance(c, dict) else []
+
+
 def _single_row(r: dict) -> Row:
     return Row(stage=r["stage"], name=r["name"], task=r["task"], protocol=r["protocol"],
                protocol_id=r["protocol_id"], metrics=r["metrics"], labels=r.get("labels"),
-               confusion=_confusion_of(r), paths=[r["path"]], collapsed=_collapsed(r))
+               confusion=_confusion_of(r), paths=[r["path"]], collapsed=_collapsed(r),
+               undefined={d: [] for d in _undefined_ccc(r["metrics"])})
 
 
 def _fold_key(r: dict) -> tuple:
@@ -180,10 +188,15 @@ def _fold_row(members: list[dict]) -> Row:
         mean["n"] = agg["n"]
     if isinstance(first["metrics"].get("dims"), list):
         mean["dims"] = first["metrics"]["dims"]
+    undefined: dict[str, list] = {}
+    for r in members:
+        for d in _undefined_ccc(r["metrics"]):
+            undefined.setdefault(d, []).append(r["extra"]["fold"])
     return Row(stage=first["stage"], name=first["name"], task=first["task"], protocol=protocol,
                protocol_id=pid, metrics=mean, labels=first.get("labels"), confusion=agg.get("confusion"),
                paths=[r["path"] for r in members], folds=folds, std=agg["std"],
-               fold_ids=[r["protocol_id"] for r in members], collapsed=any(_collapsed(r) for r in members))
+               fold_ids=[r["protocol_id"] for r in members], collapsed=any(_collapsed(r) for r in members),
+               undefined=undefined)
 
 
 def build_rows(records: list[dict]) -> list[Row]:
@@ -257,12 +270,43 @@ def _dims(rows: list[Row]) -> list[str]:
     return list(dict.fromkeys(order + rest))
 
 
+UNDEFINED = "undefined"
+UNDEFINED_NOTE = (f"*{UNDEFINED}*: CCC has no value where the test set's reference and the predictions are one "
+                  "and the same constant (nothing varies to agree on: e.g. a dimension annotated with a single "
+                  "value) or the set has fewer than 2 utterances; results.json holds null there. The mean CCC "
+                  "then averages the defined dimensions only (their count in brackets), and a fold mean the "
+                  "folds where the dimension is defined.")
+
+
+def _ccc_cell(row: Row, dim: str) -> str:
+    """A dimension's CCC, or ``undefined`` (with the folds where it is, when others define it)."""
+    if dim not in row.undefined:
+        return _cell(row, "ccc", dim)
+    folds = row.undefined[dim]
+    if not row.folds or len(folds) == len(row.folds):
+        return UNDEFINED
+    return f"{_cell(row, 'ccc', dim)} (undefined in fold {', '.join(str(f) for f in folds)})"
+
+
+def _ccc_mean_cell(row: Row) -> str:
+    """The mean CCC; for a single result lacking some dimensions, how many it averages."""
+    if row.metrics.get("ccc_mean") is None and row.undefined:
+        return UNDEFINED
+    cell = _cell(row, "ccc_mean")
+    if row.undefined and not row.folds:
+        have = [d for d in (row.metrics.get("ccc") or {}) if d not in row.undefined]
+        cell += f" ({len(have)} of {len(row.metrics.get('ccc') or {})} dims)"
+    return cell
+
+
 def _regression_table(rows: list[Row]) -> str:
     dims = _dims(rows)
-    body = [[r.label, r.short_protocol, _num(r.metrics.get("n"))] + [_cell(r, "ccc", d) for d in dims]
-            + [_cell(r, "ccc_mean")] for r in rows]
+    body = [[r.label, r.short_protocol, _num(r.metrics.get("n"))] + [_ccc_cell(r, d) for d in dims]
+            + [_ccc_mean_cell(r)] for r in rows]
     table = _table(["result", "protocol", "n"] + [f"CCC {d}" for d in dims] + ["mean CCC"], body) + (
-        "\n\nCCC 1 is perfect agreement; any constant prediction scores CCC 0.")
+        "\n\nCCC 1 is perfect agreement; any constant prediction of a varying reference scores CCC 0.")
+    if any(r.undefined for r in rows):
+        table += "\n\n" + UNDEFINED_NOTE
     if has_students([r.metrics for r in rows]):  # stage 8: deployment figures of each student
         table += "\n\nStudents (int8 ONNX):\n\n" + students_table(
             [(r.label, r.short_protocol, r.metrics) for r in rows])

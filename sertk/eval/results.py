@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import sertk
-from sertk.common.fileio import hash_obj, write_json_atomic
+from sertk.common.fileio import hash_obj, is_moved_aside, write_json_atomic
 
 REQUIRED_PROTOCOL_KEYS = ("corpus", "train", "test", "scheme", "label_map")
 REQUIRED_FIELDS = ("stage", "name", "task", "protocol", "protocol_id", "metrics")
@@ -141,11 +141,14 @@ def load_result(path) -> dict:
 
 
 def read_results(root) -> list[dict]:
-    """Every results.json under ``root`` (sorted by path), each with its ``path`` added."""
+    """Every current results.json under ``root`` (sorted by path), each with its ``path`` added.
+
+    Runs moved aside (``NAME.old-N`` dirs, kept when a changed run retrained) are not current.
+    """
     root = Path(root)
     if not root.is_dir():
         raise ResultsError(f"{root}: no such directory")
-    files = sorted(p for p in root.rglob(RESULT_FILE) if p.is_file())
+    files = sorted(p for p in root.rglob(RESULT_FILE) if p.is_file() and not is_moved_aside(p.relative_to(root)))
     return [load_result(p) for p in files]
 
 

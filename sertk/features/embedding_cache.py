@@ -1,30 +1,35 @@
-"""Frozen-encoder layer features, computed once per data dir and reused.
+"""Frozen-encoder layer features, computed once per utterance and shared by every set and fold.
 
 A frozen encoder gives the same features every epoch, so SELM training and the
-linear probe read them from disk instead of running the encoder. A cache entry
-is keyed by the encoder spec, the digest of its weights, the layer, the audio
-crop, the data dir's content digest and the on-disk format, so any change
-recomputes it and an unchanged one is reused::
+linear probe read them from disk instead of running the encoder. A store is
+keyed by the encoder settings only (spec with the layer, the digest of its
+weights, sample rate, audio crop, on-disk format); inside it each utterance's
+tensor is named by its content key (``sertk.data.audio.content_key``: the
+audio file's real path, segment span, size and mtime; not the utterance id),
+so the train/dev/test sets of every fold share one computation of each
+utterance, and a replaced or re-segmented file gets a new key and is computed
+again::
 
-    dump/encoder_feats/<key>/<set>/shard-00000.safetensors  # utt -> [T, D] float32, ~SHARD_BYTES per file
-    dump/encoder_feats/<key>/<set>/shard-00001.safetensors
-    dump/encoder_feats/<key>/<set>/index.json               # written last: format, shard -> utts, what the key is
+    dump/encoder_feats/<key>/shards/shard-<h>.safetensors  # content key -> [T, D] float32, ~SHARD_BYTES per file
+    dump/encoder_feats/<key>/<set>/index.json              # written last: utt -> [shard, content key], what the key is
 
-The cache scales with the set, not with RAM: features stream to disk a shard
+The cache scales with the data, not with RAM: features stream to disk a shard
 at a time while the encoder runs (at most one shard is buffered), and the
-result is a lazy :class:`ShardedFeatures` mapping that reads one utterance's
-tensor per access. Each shard is renamed into place whole and ``index.json``,
-the commit marker, is written atomically after the last one, so an
-interrupted run never leaves an entry that reads as complete; the next run
-keeps the shards already written and computes only the rest.
+result is a lazy :class:`ShardedFeatures` mapping (utt -> tensor) that reads
+one utterance's tensor per access. A shard is named by the digest of the keys
+it holds and renamed into place whole, so concurrent runs never clash, and a
+set's ``index.json``, its commit marker, is written atomically after the last
+shard, so an interrupted run never leaves an index that reads as complete;
+the next run keeps the shards already written and computes only the rest
+(only utterances whose content key no shard holds are ever computed).
 
 The encoder runs on the GPU when there is one (``resolve_device("auto")``)
 in float32, batched by length; the features do not depend on the batch (the
 encoder masks padding), so CPU results equal a direct call of the encoder.
 
 ``frozen_encoder`` builds the encoder and the weights digest the key needs and
-``encoder_features`` reads (or fills) the entry: SELM and the linear probe
-share them, so the same encoder layer over the same data is computed once.
+``encoder_features`` reads (or fills) the store: SELM and the linear probe
+share them, so the same encoder layer over the same audio is computed once.
 """
 from __future__ import annotations
 
@@ -43,31 +48,29 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from sertk.common.fileio import atomic_path, hash_obj, hash_paths, sha256_file, write_json_atomic
+from sertk.common.fileio import atomic_path, hash_obj, sha256_file, write_json_atomic
+from sertk.data.audio import utterance_sources
 from sertk.data.dataset import AudioDataset, collate_audio
 from sertk.models.encoder import SpeechEncoder
 from sertk.train.inference import length_sorted_batches, model_device, resolve_device, to_device
 
 log = logging.getLogger(__name__)
-DATA_FILES = ("wav.scp", "segments", "utt2spk")
-FORMAT = 2  # 1: one feats.safetensors + meta.json per set; 2: shards + index.json
+FORMAT = 3  # 1: one feats.safetensors + meta.json per set; 2: shards + index.json per set; 3: shared store
 SHARD_BYTES = 128 << 20  # RAM buffered while caching is at most about one shard (plus one batch)
 OPEN_SHARDS = 4  # file handles a reader keeps
 INDEX = "index.json"
 SHARD_GLOB = "shard-*.safetensors"
+SHARDS = "shards"  # the store's shard folder, beside the sets' index folders
 
 
 class FeatureCacheError(RuntimeError):
     """A cache entry that cannot be read; the message names the file."""
 
 
-def cache_key(encoder_spec: dict, weights_digest: str | None, datadir: str | Path, sample_rate: int,
-              max_duration: float | None) -> str:
-    """Digest naming one cache entry (encoder + weights + layer + crop + data + format)."""
-    d = Path(datadir)
-    data_digest = hash_paths([d / f for f in DATA_FILES if (d / f).exists()], content=True)
-    return hash_obj({"encoder": encoder_spec, "weights": weights_digest, "data": data_digest,
-                     "sample_rate": sample_rate, "max_duration": max_duration, "format": FORMAT})[:16]
+def cache_key(encoder_spec: dict, weights_digest: str | None, sample_rate: int, max_duration: float | None) -> str:
+    """Digest naming one store (encoder + weights + layer + sample rate + crop + format); no data in it."""
+    return hash_obj({"encoder": encoder_spec, "weights": weights_digest, "sample_rate": sample_rate,
+                     "max_duration": max_duration, "format": FORMAT})[:16]
 
 
 # ------------------------------------------------------------------ compute --
@@ -113,14 +116,16 @@ def _split_batch(utts: list[str], feats: torch.Tensor, flen: torch.Tensor, skip:
 
 
 class _ShardWriter:
-    """Buffers utterance features and writes them as numbered shards of about ``max_bytes``.
+    """Buffers features (content key -> tensor) and writes them as shards of about ``max_bytes``.
 
-    A shard is cut only between batches and renamed into place whole, so any
-    shard on disk holds complete batches a restart can keep.
+    A shard is cut only between batches, named by the digest of its keys (two
+    runs writing the same keys write the same file, so concurrent runs never
+    clash) and renamed into place whole, so any shard on disk holds complete
+    batches a restart can keep.
     """
 
-    def __init__(self, d: Path, first: int, max_bytes: int):
-        self.d, self.next, self.max_bytes = d, first, int(max_bytes)
+    def __init__(self, d: Path, max_bytes: int):
+        self.d, self.max_bytes = d, int(max_bytes)
         self.buf: dict[str, torch.Tensor] = {}
         self.nbytes = 0
         self.written: dict[str, list[str]] = {}
@@ -134,47 +139,68 @@ class _ShardWriter:
     def flush(self) -> None:
         if not self.buf:
             return
-        name = f"shard-{self.next:05d}.safetensors"
+        name = f"shard-{hashlib.sha256(chr(10).join(sorted(self.buf)).encode()).hexdigest()[:16]}.safetensors"
         with atomic_path(self.d / name) as tmp:
             save_file(self.buf, str(tmp))
         self.written[name] = list(self.buf)
-        self.next += 1
         self.buf, self.nbytes = {}, 0
 
 
+def _is_shard_name(name: str) -> bool:
+    mid = name[len("shard-"):-len(".safetensors")]
+    return bool(mid) and all(c in "0123456789abcdef" for c in mid)
+
+
 def _stored_shards(d: Path) -> dict[str, list[str]]:
-    """Shard -> utterances of the shards already in ``d`` (a complete or an interrupted run's)."""
+    """Shard -> content keys of the shards already in the store ``d`` (complete or interrupted runs')."""
     out = {}
     for p in sorted(d.glob(SHARD_GLOB)):
-        if not p.name[len("shard-"):-len(".safetensors")].isdigit():
+        if not _is_shard_name(p.name):
             continue  # not a name this module writes
         try:
             with safe_open(str(p), framework="pt") as f:
                 out[p.name] = list(f.keys())
         except Exception as e:  # noqa: BLE001 - any unreadable shard is recomputed, never trusted
             log.warning("%s: unreadable (%s): computing its utterances again", p, e)
-            p.unlink()
+            p.unlink(missing_ok=True)
     return out
 
 
-def _shard_number(name: str) -> int:
-    return int(name[len("shard-"):-len(".safetensors")])
+def _key2shard(shards: dict[str, list[str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for s, keys in shards.items():  # name order: a key in two shards (concurrent runs) maps to the first
+        for k in keys:
+            out.setdefault(k, s)
+    return out
 
 
-def _fill(d: Path, encoder: torch.nn.Module, dataset: AudioDataset, batch_size: int,
-          device, shard_bytes: int) -> dict[str, list[str]]:
-    """Compute the utterances no stored shard holds, streaming them into new shards; all shards."""
-    d.mkdir(parents=True, exist_ok=True)
-    shards = _stored_shards(d)
-    done = {u for utts in shards.values() for u in utts}
-    if done:
-        log.info("%s: keeping %d utterance(s) in %d shard(s) of an earlier run", d, len(done), len(shards))
-    writer = _ShardWriter(d, 1 + max((_shard_number(s) for s in shards), default=-1), shard_bytes)
-    with contextlib.closing(compute_features(encoder, dataset, batch_size, device, skip=done)) as batches:
+def _fill(store: Path, encoder: torch.nn.Module, dataset: AudioDataset, utt2key: dict[str, str], batch_size: int,
+          device, shard_bytes: int) -> dict[str, str]:
+    """Compute the content keys no stored shard holds (one utterance each), streaming them into new
+    shards; returns content key -> shard over the whole store."""
+    store.mkdir(parents=True, exist_ok=True)
+    key2shard = _key2shard(_stored_shards(store))
+    todo: dict[str, str] = {}  # content key -> the utterance that computes it (first one wins)
+    for u in dataset.utts:
+        k = utt2key[u]
+        if k not in key2shard and k not in todo:
+            todo[k] = u
+    if key2shard:
+        log.info("%s: %d utterance(s) of %d already stored, computing %d", store,
+                 sum(utt2key[u] in key2shard for u in dataset.utts), len(dataset.utts), len(todo))
+    if not todo:
+        return key2shard
+    compute = set(todo.values())
+    writer = _ShardWriter(store, shard_bytes)
+    skip = [u for u in dataset.utts if u not in compute]
+    with contextlib.closing(compute_features(encoder, dataset, batch_size, device, skip=skip)) as batches:
         for feats in batches:
-            writer.add(feats)
+            writer.add({utt2key[u]: t for u, t in feats.items()})
     writer.flush()
-    return {**shards, **writer.written}
+    for s, keys in writer.written.items():
+        for k in keys:
+            key2shard.setdefault(k, s)
+    return key2shard
 
 
 # --------------------------------------------------------------------- read --
@@ -183,27 +209,29 @@ def _fill(d: Path, encoder: torch.nn.Module, dataset: AudioDataset, batch_size: 
 class ShardedFeatures(Mapping):
     """utt -> [T, D] float32 tensor, read from its shard on access (nothing is loaded up front).
 
-    Keeps at most ``OPEN_SHARDS`` shard handles; pickles without them (DataLoader workers reopen).
+    ``utt2loc`` maps an utterance to (shard, tensor name: its content key) in the
+    store ``d``. Keeps at most ``OPEN_SHARDS`` shard handles; pickles without
+    them (DataLoader workers reopen).
     """
 
-    def __init__(self, d: str | Path, utt2shard: dict[str, str], utts: list[str] | None = None):
+    def __init__(self, d: str | Path, utt2loc: dict[str, tuple[str, str]], utts: list[str] | None = None):
         self.d = Path(d)
-        self._utt2shard = utt2shard
-        self._utts = list(utt2shard) if utts is None else list(utts)
+        self._utt2loc = utt2loc
+        self._utts = list(utt2loc) if utts is None else list(utts)
         self._handles: OrderedDict = OrderedDict()
         self._pid = os.getpid()
 
     def __getitem__(self, utt: str) -> torch.Tensor:
-        if utt not in self._utt2shard:
+        if utt not in self._utt2loc:
             raise KeyError(utt)
-        shard = self._utt2shard[utt]
+        shard, key = self._utt2loc[utt]
         try:
-            return self._handle(shard).get_tensor(utt)
+            return self._handle(shard).get_tensor(key)
         except Exception as e:  # noqa: BLE001 - name the file whatever safetensors raised
-            raise FeatureCacheError(f"{self.d / shard}: cannot read utterance {utt!r}: {e}") from e
+            raise FeatureCacheError(f"{self.d / shard}: cannot read utterance {utt!r} (key {key}): {e}") from e
 
     def __contains__(self, utt) -> bool:
-        return utt in self._utt2shard
+        return utt in self._utt2loc
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._utts)
@@ -220,7 +248,7 @@ class ShardedFeatures(Mapping):
         else:
             path = self.d / shard
             if not path.is_file():
-                raise FeatureCacheError(f"{path}: shard missing (delete {self.d} to recompute)")
+                raise FeatureCacheError(f"{path}: shard missing (rerun to recompute its utterances)")
             self._handles[shard] = safe_open(str(path), framework="pt")
             while len(self._handles) > OPEN_SHARDS:
                 self._handles.popitem(last=False)
@@ -230,53 +258,54 @@ class ShardedFeatures(Mapping):
         return {**self.__dict__, "_handles": OrderedDict()}
 
 
-def _read_index(d: Path) -> dict | None:
-    """The entry's index when it is a complete one of this format, else None (to be (re)computed)."""
+def _read_index(d: Path, store: Path) -> dict[str, tuple[str, str]] | None:
+    """A set's utt -> (shard, content key) when its index is a complete one of this format, else None."""
     path = d / INDEX
     if not path.is_file():
         return None
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        utts = {u: (str(s), str(k)) for u, (s, k) in index["utts"].items()} if index.get("format") == FORMAT else None
+    except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("%s: unreadable (%s): recomputing", path, e)
         return None
-    if index.get("format") != FORMAT:
+    if utts is None:
         log.warning("%s: format %s, expected %s: recomputing", path, index.get("format"), FORMAT)
         return None
-    missing = [s for s in index["shards"] if not (d / s).is_file()]
+    missing = sorted({s for s, _ in utts.values() if not (store / s).is_file()})
     if missing:
         log.warning("%s: %d shard(s) missing (e.g. %s): recomputing them", path, len(missing), missing[0])
         return None
-    return index
+    return utts
 
 
-def _utt2shard(shards: dict[str, list[str]]) -> dict[str, str]:
-    return {u: s for s, utts in shards.items() for u in utts}
-
-
-def _write_index(d: Path, shards: dict[str, list[str]], set_name: str, key: str, meta: dict | None) -> None:
-    """The commit marker: written last and atomically, it makes the entry complete."""
-    write_json_atomic(d / INDEX, {**(meta or {}), "format": FORMAT, "set": set_name, "key": key,
-                                  "dtype": "float32", "utterances": len(_utt2shard(shards)), "shards": shards})
+def _write_index(d: Path, utt2loc: dict[str, tuple[str, str]], set_name: str, key: str, meta: dict | None) -> None:
+    """The commit marker: written last and atomically, it makes the set's view complete."""
+    d.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(d / INDEX, {**(meta or {}), "format": FORMAT, "set": set_name, "key": key, "store": SHARDS,
+                                  "dtype": "float32", "utterances": len(utt2loc),
+                                  "shards": sorted({s for s, _ in utt2loc.values()}),
+                                  "utts": {u: list(loc) for u, loc in utt2loc.items()}})
 
 
 def cached_features(root: str | Path, key: str, set_name: str, encoder: torch.nn.Module, dataset: AudioDataset,
                     meta: dict | None = None, batch_size: int = 8, device: str | torch.device | None = None,
                     shard_bytes: int = SHARD_BYTES) -> ShardedFeatures:
-    """Features of ``dataset`` from ``root/key/set_name`` (lazy, dataset order), computed and stored on first use."""
-    d = Path(root) / key / set_name
-    index = _read_index(d)
+    """Features of ``dataset`` (lazy, dataset order) from the store ``root/key/shards``, viewed through
+    ``root/key/set_name/index.json``; utterances the store lacks are computed and stored first."""
+    store, d = Path(root) / key / SHARDS, Path(root) / key / set_name
+    utt2key = {s.utt: s.key for s in utterance_sources(dataset.datadir)}
+    index = _read_index(d, store)
     if index is not None:
-        utt2shard = _utt2shard(index["shards"])
-        missing = [u for u in dataset.utts if u not in utt2shard]
-        if not missing:
+        stale = [u for u in dataset.utts if u not in index or index[u][1] != utt2key[u]]
+        if not stale:
             log.info("encoder features of %s: reusing %s", set_name, d)
-            return ShardedFeatures(d, utt2shard, dataset.utts)
-        log.warning("%s lacks %d utterance(s) (e.g. %s): computing them", d / INDEX, len(missing), missing[0])
-    log.info("encoder features of %s: computing %d utterances -> %s", set_name, len(dataset), d)
-    shards = _fill(d, encoder, dataset, batch_size, device, shard_bytes)
-    _write_index(d, shards, set_name, key, meta)
-    return ShardedFeatures(d, _utt2shard(shards), dataset.utts)
+            return ShardedFeatures(store, index, dataset.utts)
+        log.info("%s: %d utterance(s) new or changed (e.g. %s): updating", d / INDEX, len(stale), stale[0])
+    key2shard = _fill(store, encoder, dataset, utt2key, batch_size, device, shard_bytes)
+    utt2loc = {u: (key2shard[utt2key[u]], utt2key[u]) for u in dataset.utts}
+    _write_index(d, utt2loc, set_name, key, meta)
+    return ShardedFeatures(store, utt2loc, dataset.utts)
 
 
 # ------------------------------------------------------------------ encoder --
@@ -321,9 +350,9 @@ def frozen_encoder(spec: dict, seed: int = 0, weights: str | Path | None = None)
 def encoder_features(root: str | Path, encoder: torch.nn.Module, spec: dict, weights_digest: str | None,
                      dataset: AudioDataset, set_name: str, batch_size: int = 8,
                      device: str | torch.device | None = None, shard_bytes: int = SHARD_BYTES) -> ShardedFeatures:
-    """``cached_features`` of a frozen encoder over a data dir's dataset, keyed on all that shapes them."""
-    datadir = dataset.datadir.path
-    key = cache_key(spec, weights_digest, datadir, dataset.sample_rate, dataset.max_duration)
-    meta = {"encoder": spec, "weights_sha256": weights_digest, "data": str(datadir)}
+    """``cached_features`` of a frozen encoder over a data dir's dataset, in the store of these encoder settings."""
+    key = cache_key(spec, weights_digest, dataset.sample_rate, dataset.max_duration)
+    meta = {"encoder": spec, "weights_sha256": weights_digest, "sample_rate": dataset.sample_rate,
+            "max_duration": dataset.max_duration, "data": str(dataset.datadir.path)}
     return cached_features(root, key, set_name, encoder, dataset, meta, batch_size=batch_size, device=device,
                            shard_bytes=shard_bytes)

@@ -1,4 +1,4 @@
-"""Per-utterance feature store: a Kaldi ark of vectors indexed by an scp.
+"""Per-utterance feature stores: Kaldi arks of vectors indexed by scp files.
 
 The scp is the index and the commit marker: it is written last, under its
 final name only when the ark it points to is complete, so a reader never sees
@@ -137,3 +137,64 @@ def merge_scps(parts: Iterable[str | Path], out_scp: str | Path, expected: Itera
         tmp.write_text("".join(f"{u} {merged[u]}\n" for u in byte_sorted(merged)), encoding="utf-8")
     return len(merged)
 
+
+
+# ------------------------------------------------------- shared content store
+# A directory of shards, each ``shard-<h>.ark`` with its index ``shard-<h>.scp``
+# (content key -> ark:offset) and ``shard-<h>.src`` (where each key's audio came
+# from). Keys name content, not utterances, so one store serves every data dir
+# that holds the same audio; a data dir reads it through a view: an scp of its
+# own utterance ids pointing into the shards.
+SHARD_PREFIX = "shard-"
+
+
+def shard_name(keys: Iterable[str]) -> str:
+    """A shard's name from its keys: the same part written twice lands on the same files."""
+    import hashlib
+
+    return SHARD_PREFIX + hashlib.sha256("\n".join(byte_sorted(keys)).encode()).hexdigest()[:16]
+
+
+def write_shard(store_dir: str | Path, feats: Mapping[str, np.ndarray],
+                sources: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Add ``feats`` (content key -> vector) to the store as one shard; returns key -> 'ark:offset'.
+
+    ``sources`` (key -> one line of provenance) goes to ``shard-<h>.src`` before
+    the shard's scp, which is written last and marks the shard complete.
+    """
+    if not feats:
+        raise FeatureStoreError(f"{store_dir}: a shard needs at least one vector")
+    store_dir = Path(store_dir)
+    name = shard_name(feats)
+    if sources is not None:
+        with atomic_path(store_dir / f"{name}.src") as tmp:
+            tmp.write_text("".join(f"{k}\t{sources[k]}\n" for k in byte_sorted(feats)), encoding="utf-8")
+    write_ark_scp(feats, store_dir / f"{name}.ark", store_dir / f"{name}.scp")
+    return read_scp_index(store_dir / f"{name}.scp")
+
+
+def read_store_index(store_dir: str | Path) -> dict[str, str]:
+    """key -> 'ark:offset' over every complete shard of a store (empty when the store is new).
+
+    A key in several shards (extracted twice by concurrent runs) maps to the
+    first shard in name order; its vectors are equal.
+    """
+    index: dict[str, str] = {}
+    for scp in sorted(Path(store_dir).glob(f"{SHARD_PREFIX}*.scp")):
+        for key, loc in read_scp_index(scp).items():
+            index.setdefault(key, loc)
+    return index
+
+
+def write_view(locations: Mapping[str, str], scp_path: str | Path) -> None:
+    """Write an scp of utterance ids pointing into a shared store (byte-sorted, atomic)."""
+    for utt in locations:
+        if not utt or any(c.isspace() for c in utt):
+            raise FeatureStoreError(f"utterance id {utt!r} is empty or contains whitespace")
+    with atomic_path(scp_path) as tmp:
+        tmp.write_text("".join(f"{u} {locations[u]}\n" for u in byte_sorted(locations)), encoding="utf-8")
+
+
+def count_entries(store_dir: str | Path) -> int:
+    """Vectors written to a store's complete shards, duplicates included: the extractions it took."""
+    return sum(len(read_scp_index(scp)) for scp in Path(store_dir).glob(f"{SHARD_PREFIX}*.scp"))

@@ -3,7 +3,7 @@
 Stage 7 (``train``) labels the student's training audio with the teacher named
 by ``teacher:`` (an experiment dir; the split's subdir is appended), clean plus
 ``distill.copies`` augmented copies per utterance, cached under
-``<dump>/teacher_labels/``; the student learns these unclipped outputs only (no
+``<dump>/teacher_labels/`` by audio content (shared by every set and fold); the student learns these unclipped outputs only (no
 human labels), selecting its checkpoint by CCC against the teacher on the dev set.
 ``distill.train_sets`` lists the data dirs to label (default: the protocol's
 train set; any unlabelled dirs with a wav.scp may be added). A teacher whose
@@ -13,7 +13,9 @@ training did not learn (``collapsed`` in its teacher.yaml) is refused unless
 Stage 8 (``evaluate``) exports the student to ONNX float32 and int8, checks
 parity, profiles it (parameters, MACs per second, int8 size, RTF and peak RAM on
 one onnxruntime thread) and writes, per test set, CCC against human labels
-(the int8 model, as deployed) with the float and teacher figures in ``extra``.
+(the int8 model, as deployed) with the float and teacher figures in ``extra``;
+float and int8 models see identical unpadded inputs, and the teacher's outputs on
+each test set come from the same label cache (computed once for all students).
 """
 from __future__ import annotations
 
@@ -177,6 +179,10 @@ def load_student(expdir: Path) -> tuple[torch.nn.Module, dict]:
     return model.eval(), info
 
 
+def _fmt_ccc(v: float | None) -> str:
+    return "undefined" if v is None else f"{v:.3f}"
+
+
 def _one_by_one(ds: AudioDataset):
     """Single-utterance batches: the input the exported model gets."""
     for i in range(len(ds)):
@@ -235,7 +241,8 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         fp32_vs_teacher = regression_metrics(fp32, tout, NAMES)
         metrics["ccc_teacher"] = vs_teacher["ccc"]
         metrics["ccc_teacher_mean"] = vs_teacher["ccc_mean"]
-        metrics["int8_ccc_loss"] = fp32_vs_teacher["ccc_mean"] - vs_teacher["ccc_mean"]
+        a, b = fp32_vs_teacher["ccc_mean"], vs_teacher["ccc_mean"]
+        metrics["int8_ccc_loss"] = None if a is None or b is None else a - b  # undefined CCC: no loss figure
         for k in ("params", "macs_per_s", "onnx_int8_kb", "rtf_1thread", "peak_ram_mb"):
             metrics[k] = profile[k]
         extra = {"fold": split.fold, "role": "student", "model_dir": str(ctx.expdir), "student": info["student"],
@@ -248,7 +255,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         path = outdir / "results.json"
         write_result(path, stage=ctx.stage, name=ctx.name, task="regression", protocol=split.record(test, ctx.data),
                      metrics=metrics, extra=extra)
-        log.info("%s %s -> %s: ccc(human) %.3f ccc(teacher) %.3f int8 %.0f KB", ctx.name, split.tag, test,
-                 metrics["ccc_mean"], metrics["ccc_teacher_mean"], profile["onnx_int8_kb"])
+        log.info("%s %s -> %s: ccc(human) %s ccc(teacher) %s int8 %.0f KB", ctx.name, split.tag, test,
+                 _fmt_ccc(metrics["ccc_mean"]), _fmt_ccc(metrics["ccc_teacher_mean"]), profile["onnx_int8_kb"])
         written.append(path)
     return written

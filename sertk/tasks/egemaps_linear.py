@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import yaml
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
 
@@ -85,10 +86,22 @@ def write_classification(outdir: Path, ctx: TaskContext, protocol: dict, utts: l
     return path, metrics
 
 
+def finite_rows(x: np.ndarray, utts: list[str], where: str | Path) -> np.ndarray:
+    """``x`` when every row is finite; else an error naming the utterances (scikit-learn would
+    only say "Input contains NaN", naming none)."""
+    bad = [u for u, ok in zip(utts, np.isfinite(x).all(1)) if not ok]
+    if bad:
+        raise ValueError(f"{where}: the eGeMAPS features of {len(bad)} utterance(s) are not finite, e.g. "
+                         f"{', '.join(bad[:5])}; clips that short give openSMILE no analysis window: drop them "
+                         "(utils/fix_data_dir.sh, see --min-duration) and re-run stage 2")
+    return x
+
+
 def load_set(ctx: TaskContext, set_name: str, speaker_norm: bool):
     d = DataDir.read(ctx.datadir(set_name))
     utts = d.utts
-    x = feats_matrix(ctx.dump / "egemaps" / set_name / "feats.scp", utts).astype(np.float64)
+    scp = ctx.dump / "egemaps" / set_name / "feats.scp"
+    x = finite_rows(feats_matrix(scp, utts).astype(np.float64), utts, scp)
     if speaker_norm:
         x = speaker_normalize(x, [d.utt2spk[u] for u in utts])
     return d, utts, x
@@ -117,7 +130,10 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     with atomic_path(ctx.expdir / "model.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, labels=np.array(labels.labels), **arrays)
-    write_text_atomic(ctx.expdir / "model.yaml", f"task: egemaps_linear\nspeaker_norm: {bool(m.get('speaker_norm', False))}\n")
+    # what sertk predict needs to extract and standardise new audio as stages 2 and 4 did
+    write_text_atomic(ctx.expdir / "model.yaml", yaml.safe_dump({
+        "task": "egemaps_linear", "speaker_norm": bool(m.get("speaker_norm", False)), "clip": m.get("clip", 5.0),
+        "sample_rate": ctx.sample_rate, "labels": labels.labels}, sort_keys=False))
     train_acc = float((logreg_predict(xs, arrays, len(labels.labels))[0] == y).mean())
     log.info("%s %s: trained on %d utterances, train accuracy %.3f", ctx.name, split.tag, len(y), train_acc)
 

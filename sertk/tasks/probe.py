@@ -2,7 +2,7 @@
 
 Measures how linearly a layer's features separate the emotion classes, so
 encoders and layers can be compared without fine-tuning. The layer's frame
-features are cached per data dir under ``<dump>/encoder_feats``
+features are cached per utterance (by audio content, shared by every set and fold) under ``<dump>/encoder_feats``
 (sertk.features.embedding_cache, shared with SELM: a second run, or another
 C, never runs the encoder again), pooled over the valid frames of each
 utterance (``mean`` or ``mean+std``), optionally z-normalised per speaker,
@@ -135,7 +135,10 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     info = {"task": "probe", "encoder": feats.spec, "encoder_weights_sha256": feats.digest,
             "layer": feats.record()["layer"], "pooling": m.get("pooling", "mean"),
             "speaker_norm": bool(m.get("speaker_norm", False)), "feature_dim": int(x.shape[1]),
-            "labels": labels.labels, "train_utterances": len(utts), "dev_uar": dev_uar}
+            "labels": labels.labels, "train_utterances": len(utts), "dev_uar": dev_uar,
+            # what sertk predict needs to rebuild the encoder and read audio as stage 4 did
+            "seed": _seed(cfg), "sample_rate": ctx.sample_rate,
+            "max_duration": (cfg.get("data") or {}).get("max_duration")}
     write_text_atomic(ctx.expdir / "model.yaml", yaml.safe_dump(info, sort_keys=False))
     log.info("%s %s: probe of %s layer %s on %d utterances, dev UAR %s", ctx.name, split.tag,
              feats.record()["encoder"], info["layer"], len(utts), "n/a" if dev_uar is None else f"{dev_uar:.4f}")

@@ -1,4 +1,8 @@
-"""The loop behind ``sertk train`` and ``sertk evaluate``: one config, every split."""
+"""The loop behind ``sertk train`` and ``sertk evaluate``: one config, every split.
+
+Each split trains or evaluates under its run digest (``sertk.tasks.run_digest``:
+resume, retrain or move aside), with the global RNG seeded from the config.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +10,16 @@ import logging
 from pathlib import Path
 
 from sertk.common.entry import base_parser, init_expdir, resolve_config
+from sertk.common.fileio import hash_obj
 from sertk.common.protocol import load_protocols
 from sertk.tasks import TaskContext, get_task
+from sertk.tasks.run_digest import NOT_THE_MODEL, check_trained, prepare_run, run_parts, write_run
 from sertk.train.distributed import env_info
-from sertk.train.trainer import config_seed, seed_everything
+from sertk.train.trainer import config_seed, run_digest, seed_everything
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
+
+def parser(doc: str, action: str = "train") -> argparse.ArgumentParser:
     p = base_parser(doc)
     p.add_argument("--protocols", required=True, help="conf/protocols.yaml of the recipe")
     p.add_argument("--only", nargs="*", default=None, help="run only these protocols")
@@ -22,6 +29,9 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--corpus", default=None, help="(recorded by ser.sh; the protocols file is authoritative)")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--stage", type=int, default=0, help="recipe stage number recorded in results")
+    if action == "train":
+        p.add_argument("--fresh", action="store_true",
+                       help="train from scratch: move each split's experiment dir aside (<dir>.old-N) first")
     return p
 
 
@@ -51,7 +61,7 @@ def missing_sets(split, data: Path) -> list[str]:
 
 
 def run(action: str, argv: list[str] | None, doc: str, module: str) -> int:
-    args = parser(doc).parse_args(argv)
+    args = parser(doc, action).parse_args(argv)
     cfg = resolve_config(args)
     if "task" not in cfg:
         raise SystemExit(f"{args.config}: config needs a 'task' key (one of the sertk.tasks names)")
@@ -77,8 +87,28 @@ def run(action: str, argv: list[str] | None, doc: str, module: str) -> int:
                           stage=args.stage, sample_rate=args.sample_rate)
         logger.info("%s %s on %s (train=%s dev=%s test=%s)", action, name, split.tag, split.train,
                     split.dev, ",".join(split.tests))
-        # every task builds its model on the global RNG: seeded here, the same config and seed
-        # give the same model whatever ran before it in this process
-        seed_everything(config_seed(task_cfg.get("train")))
-        getattr(task, action)(task_cfg, split, ctx)
+        run_split(action, task, task_cfg, split, ctx, getattr(args, "fresh", False), logger)
     return 0
+
+
+def run_split(action: str, task, cfg: dict, split, ctx: TaskContext, fresh: bool, log) -> None:
+    """Train or evaluate one split under its run digest (see the module docstring)."""
+    main = env_info().is_main
+    parts = run_parts(cfg, split, ctx, cfg["task"])
+    if action == "train":
+        if main:
+            prepare_run(ctx.expdir, parts, fresh, log)
+        digest = hash_obj(parts)
+    else:
+        check_trained(ctx.expdir, parts, log)
+        # what evaluation trains (SELM's few-shot runs) depends on the evaluation settings too
+        digest = hash_obj({"run": hash_obj(parts), "evaluation": {k: cfg.get(k) for k in NOT_THE_MODEL}})
+    # every task builds its model on the global RNG: seeded here, the same config and seed
+    # give the same model whatever ran before it in this process
+    seed_everything(config_seed(cfg.get("train")))
+    with run_digest(digest):  # trainers record it in their checkpoints and resume only on a match
+        getattr(task, action)(cfg, split, ctx)
+    if action == "train" and main:
+        write_run(ctx.expdir, parts, "finished")
+
+

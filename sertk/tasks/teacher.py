@@ -193,6 +193,6 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
                      metrics=metrics, extra={"fold": split.fold, "role": "teacher", "model_dir": str(ctx.expdir),
                                              "members": [m["name"] for m in info["members"]],
                                              "collapsed": bool(info.get("collapsed"))})
-        log.info("%s %s -> %s: ccc %s", ctx.name, split.tag, test, {k: round(v, 4) for k, v in metrics["ccc"].items()})
+        log.info("%s %s -> %s: ccc %s", ctx.name, split.tag, test, {k: v if v is None else round(v, 4) for k, v in metrics["ccc"].items()})
         written.append(path)
     return written

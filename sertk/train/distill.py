@@ -4,9 +4,11 @@ Students never see human labels: each training item is (utterance, augmentation
 seed) -> the teacher's unclipped A/V/D on exactly that augmented audio. Seed 0 is
 the clean audio; seeds >= 1 draw noise, gain, a crop and a speed change from
 ``numpy.random.default_rng([seed, crc32(utt)])``, so the student sees the very
-waveform the teacher labelled, without storing audio. The cache is a text table
-per data dir and seed (``utt arousal valence dominance``) under a directory whose
-name hashes the teacher checkpoint and the augmentation settings.
+waveform the teacher labelled, without storing audio. The cache is one text
+table per seed (``key utt arousal valence dominance``) under a directory whose
+name hashes the teacher checkpoint, the augmentation settings, the sample rate
+and the crop; it is keyed by the audio's content (``sertk.data.audio.content_key``),
+not by data dir, so every set and fold that shares an utterance shares its labels.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 import torchaudio.functional as AF
 
 from sertk.common.fileio import hash_obj, write_text_atomic
-from sertk.data.audio import audio_digest, read_utterance
+from sertk.data.audio import read_utterance, utterance_sources
 from sertk.data.datadir import DataDir, DataDirError
 from sertk.train.inference import run_model
 from sertk.train.losses import ccc_loss
@@ -78,22 +80,44 @@ def cache_dir(root: Path, teacher_digest: str, aug: AugmentConfig, sample_rate: 
               max_duration: float | None = None) -> Path:
     """Where labels of this teacher live for these augmentation settings, sample rate and crop.
 
-    The audio itself is keyed per data dir (:func:`label_with_teacher`), so a
-    replaced file or a changed crop never serves another waveform's labels.
+    Inside, ``seed<k>.txt`` holds one line per labelled waveform, keyed by the
+    audio's content (:func:`label_key`), so a replaced file or a changed crop
+    never serves another waveform's labels and every set shares them.
     """
     settings = {"augment": asdict(aug), "sample_rate": int(sample_rate),
                 "max_duration": None if max_duration is None else float(max_duration)}
     return Path(root) / f"{teacher_digest[:12]}-{hash_obj(settings)[:8]}"
 
 
+def label_key(content: str, utt: str, seed: int) -> str:
+    """A teacher label's key: the audio's content key; for seeds >= 1 also the utterance id, which
+    seeds the augmentation (:func:`augment`), so two ids of the same audio get different copies."""
+    return content if int(seed) == 0 else f"{content}/{utt}"
+
+
 def read_cache(path: Path) -> dict[str, np.ndarray]:
-    out = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    """key -> float32 A/V/D of a ``key utt arousal valence dominance`` table (values as stored)."""
+    return {k: v for k, (_, v) in read_table(path).items()}
+
+
+def read_table(path: Path) -> dict[str, tuple[str, np.ndarray]]:
+    """key -> (utterance that was labelled, float32 A/V/D); a key written twice keeps its first line."""
+    return _parse_table(Path(path).read_text(), path) if Path(path).exists() else {}
+
+
+def _parse_table(text: str, path) -> dict[str, tuple[str, np.ndarray]]:
+    out: dict[str, tuple[str, np.ndarray]] = {}
+    for n, line in enumerate(text.splitlines(), 1):
         parts = line.split()
-        if len(parts) != 4:
-            raise ValueError(f"{path}:{n}: expected 'utt arousal valence dominance', got {line!r}")
-        out[parts[0]] = np.array([float(v) for v in parts[1:]], dtype=np.float32)
+        if len(parts) != 5:
+            raise ValueError(f"{path}:{n}: expected 'key utt arousal valence dominance', got {line!r}")
+        if parts[0] not in out:
+            out[parts[0]] = (parts[1], np.array([float(v) for v in parts[2:]], dtype=np.float32))
     return out
+
+
+def _label_line(key: str, utt: str, avd) -> str:
+    return f"{key} {utt} {' '.join(f'{v:.6f}' for v in avd)}\n"
 
 
 def label_with_teacher(teacher: torch.nn.Module | Callable[[], torch.nn.Module] | None, datadir: str | Path,
@@ -101,37 +125,46 @@ def label_with_teacher(teacher: torch.nn.Module | Callable[[], torch.nn.Module] 
                        max_duration: float | None = None, amp="auto") -> dict[tuple[str, int], np.ndarray]:
     """Teacher A/V/D (sertk order, unclipped) for every (utterance, seed), computed once and cached.
 
-    ``datadir`` needs only wav.scp (unlabelled audio is fine). Missing seeds are
-    computed and written as ``<cache>/<datadir name>-<audio digest>/seed<k>.txt``.
-    ``teacher`` may be a zero-argument function that loads it: it is called only
-    when some labels are missing, so a fully cached run never loads the teacher.
-    The teacher runs where it lies (``place`` it on the GPU first), one
-    utterance at a time: no padding, as the student is exported.
+    ``datadir`` needs only wav.scp (unlabelled audio is fine). Labels live in
+    ``<cache>/seed<k>.txt`` keyed by :func:`label_key` (content key, plus the
+    utterance id for augmented seeds), shared by every data dir: only the
+    waveforms no set labelled before are computed, and their lines are added to
+    the table (a new version of the file written atomically). ``teacher`` may be a
+    zero-argument function that loads it: it is called only when some labels are
+    missing, so a fully cached run never loads the teacher. The teacher runs
+    where it lies (``place`` it on the GPU first), one utterance at a time: no
+    padding, as the student is exported.
     """
     dd = DataDir.read(datadir)
-    name = f"{Path(datadir).name}-{audio_digest(dd)[:12]}"
+    content = {s.utt: s.key for s in utterance_sources(dd)}
     out: dict[tuple[str, int], np.ndarray] = {}
     for seed in seeds:
-        path = Path(cache) / name / f"seed{seed}.txt"
-        if path.exists():
-            table = read_cache(path)
-            missing = [u for u in dd.utts if u not in table]
-            if missing:
-                raise DataDirError(f"{path}: no teacher labels for {len(missing)} utterance(s) of {datadir}, "
-                                   f"e.g. {missing[:3]} (delete the cache to relabel)")
-        else:
+        path = Path(cache) / f"seed{seed}.txt"
+        keys = {u: label_key(content[u], u, seed) for u in dd.utts}
+        table = read_cache(path)
+        missing: dict[str, str] = {}  # key -> the first utterance that has it
+        for u in dd.utts:
+            if keys[u] not in table:
+                missing.setdefault(keys[u], u)
+        todo = list(missing.values())
+        if todo:
             if callable(teacher) and not isinstance(teacher, torch.nn.Module):
                 teacher = teacher()
             if teacher is None:
-                raise RuntimeError(f"{path}: teacher labels are not cached and no teacher was given")
+                raise RuntimeError(f"{path}: teacher labels of {len(todo)} utterance(s) of {datadir} are not "
+                                   f"cached (e.g. {todo[:3]}) and no teacher was given")
             batches = ({"utts": [u], "wav": torch.from_numpy(w)[None], "lengths": torch.tensor([w.size])}
-                       for u in dd.utts for w in [teacher_input(dd, u, seed, aug, sample_rate, max_duration)])
+                       for u in todo for w in [teacher_input(dd, u, seed, aug, sample_rate, max_duration)])
             utts, outs = run_model(teacher, batches, amp=amp)
-            table = dict(zip(utts, outs))
-            write_text_atomic(path, "".join(f"{u} {' '.join(f'{v:.6f}' for v in table[u])}\n" for u in dd.utts))
-            log.info("teacher labels: %s seed %d (%d utterances) -> %s", name, seed, len(dd.utts), path)
-            table = read_cache(path)  # the values as stored: a first run and a cached rerun see the same labels
-        out.update({(u, seed): table[u] for u in dd.utts})
+            new = "".join(_label_line(keys[u], u, o) for u, o in zip(utts, outs))
+            old = path.read_text() if path.exists() else ""  # re-read: another run may have added lines
+            write_text_atomic(path, old + ("" if not old or old.endswith("\n") else "\n") + new)
+            log.info("teacher labels: %s seed %d: %d of %d utterances labelled -> %s", Path(datadir).name, seed,
+                     len(todo), len(dd.utts), path)
+            # the values as stored: a first run and a cached rerun see the same labels (and a concurrent
+            # writer that replaced the file without these lines only costs a relabelling next time)
+            table = {**{k: v for k, (_, v) in _parse_table(new, path).items()}, **read_cache(path)}
+        out.update({(u, seed): table[keys[u]] for u in dd.utts})
     return out
 
 

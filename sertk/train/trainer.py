@@ -21,6 +21,13 @@ Guarantees a user relies on (tests/test_trainer.py checks each one):
 * A run that did not learn says so: ``collapsed`` in the fit() summary and
   best.json, with a WARNING, when the dev selection metric never cleared the
   task's chance level or the selected epoch's dev outputs were constant.
+* A changed run never resumes: inside :func:`run_digest` (``sertk train``
+  enters it with the digest of the config, data and code of the split, see
+  :mod:`sertk.tasks.runner`) every checkpoint records that digest, and
+  ``fit(resume=True)`` resumes only a checkpoint with the same one; any other
+  run is moved aside to ``<expdir>.old-<n>`` (never deleted) and training starts
+  fresh (tests/test_stale_models.py). Without a run digest, a checkpoint with
+  other trajectory settings is refused with CheckpointError.
 """
 from __future__ import annotations
 
@@ -45,7 +52,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sertk.common.config import ConfigError
-from sertk.common.fileio import atomic_path, write_json_atomic
+from sertk.common.fileio import atomic_path, move_aside, write_json_atomic
 from sertk.common.logging import FORMAT
 from sertk.train import distributed as D
 from sertk.train.inference import amp_dtype, autocast, resolve_device, to_device
@@ -58,6 +65,24 @@ CHECKPOINT_RE = re.compile(r"^epoch(\d+)\.pt$")
 # would silently mix two experiments, so it is refused.
 TRAJECTORY_KEYS = ("batch_size", "grad_accum", "lr", "weight_decay", "optimizer", "momentum", "scheduler",
                    "warmup_steps", "max_grad_norm", "amp", "seed", "select_metric", "select_mode")
+
+
+_RUN_DIGEST: list[str | None] = [None]
+
+
+@contextlib.contextmanager
+def run_digest(digest: str | None):
+    """Trainers made inside this block record ``digest`` in their checkpoints and resume only on a match."""
+    _RUN_DIGEST.append(digest)
+    try:
+        yield
+    finally:
+        _RUN_DIGEST.pop()
+
+
+def current_run_digest() -> str | None:
+    """The digest of the run being trained (None outside :func:`run_digest`)."""
+    return _RUN_DIGEST[-1]
 
 
 class TrainError(RuntimeError):
@@ -323,6 +348,7 @@ class Trainer:
         self.chance_metric, self.chance_margin = chance_metric, chance_margin
         self.expdir = Path(expdir)
         self.ckpt_dir = self.expdir / "checkpoints"
+        self.run_digest = current_run_digest()
         self.device = resolve_device(cfg.device)
         self.dist = D.init_distributed(self.device)
         self.model = model.to(self.device)
@@ -385,7 +411,7 @@ class Trainer:
               "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
               "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
               "history": state["history"], "best": state["best"], "stopped": state["stopped"],
-              "config": self.cfg.to_dict(), "world_size": self.dist.world_size,
+              "config": self.cfg.to_dict(), "world_size": self.dist.world_size, "run_digest": self.run_digest,
               # randomness is re-derived from (seed, epoch, rank) at each epoch start
               "rng": {"scheme": "per-epoch", "seed": self.cfg.seed}}
         path = self.ckpt_dir / f"epoch{state['epoch']}.pt"
@@ -394,6 +420,31 @@ class Trainer:
         if self.cfg.keep_checkpoints is not None:
             for _, old in self._checkpoints()[:-self.cfg.keep_checkpoints]:
                 old.unlink()
+
+    def _changed_run(self) -> str | None:
+        """Why the newest checkpoint belongs to another run (None: same run, or nothing to compare)."""
+        found = self._checkpoints()
+        if self.run_digest is None or not found:
+            return None
+        path = found[-1][1]
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            return None  # unreadable: _load_checkpoint names the problem
+        old = ck.get("run_digest") if isinstance(ck, dict) else None
+        if old == self.run_digest:
+            return None
+        return (f"{path} was written by another run (run digest {str(old)[:12]}, this run {self.run_digest[:12]})"
+                if old else f"{path} records no run digest (an older sertk)")
+
+    def _set_aside_changed_run(self) -> None:
+        """Move the expdir of a changed run to ``<expdir>.old-<n>`` so that this one starts fresh."""
+        reason = self._changed_run()
+        if reason and self.dist.is_main:
+            dest = move_aside(self.expdir)
+            log.warning("%s; moved %s aside to %s (kept, not deleted) and training from scratch", reason,
+                        self.expdir, dest)
+        D.barrier()
 
     def _load_checkpoint(self, path: Path) -> dict:
         hint = ("delete it to resume from an earlier checkpoint, or train in a new experiment directory")
@@ -489,6 +540,9 @@ class Trainer:
         Returns ``{"best_epoch", "best_metrics", "history", "stopped_early", "epochs_done", "collapsed",
         "collapse_reason"}``; ``collapsed`` is the "did not learn" verdict (see :meth:`_collapse_reason`).
         """
+        D.barrier()  # rank 0 may have moved a changed run aside (sertk.tasks.runner) before the others look
+        if resume:
+            self._set_aside_changed_run()  # before the log file opens: the new run logs into a new dir
         with self._log_file():
             return self._fit(resume)
 
@@ -653,7 +707,8 @@ class Trainer:
                 if not isinstance(metrics, dict):
                     raise TrainError(f"evaluate must return a dict of floats, got {type(metrics).__name__}")
                 try:
-                    metrics = {str(k): float(v) for k, v in metrics.items()}
+                    # an undefined metric (None: e.g. CCC of a constant gold) is NaN: logged, never selected
+                    metrics = {str(k): float("nan") if v is None else float(v) for k, v in metrics.items()}
                 except (TypeError, ValueError) as e:
                     raise TrainError(f"evaluate must return a dict of floats: {e}") from e
             if cfg.select_metric == "loss" and "loss" not in metrics:

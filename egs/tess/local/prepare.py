@@ -10,7 +10,9 @@ the emotion (angry disgust fear happy neutral ps sad; ps = pleasant surprise).
 
 utt2emo keeps the file name's emotion word; a file whose folder names another
 emotion, or whose name is a second copy of one already seen, is skipped and
-named. utt2word keeps the target word; both speakers are female.
+named. The speaker comes from the folder when the file name disagrees (the
+release has OAF_neutral/OA_bite_neutral.wav): a warning names the file, and it
+is kept. utt2word keeps the target word; both speakers are female.
 """
 from __future__ import annotations
 
@@ -55,6 +57,23 @@ def parse_name(stem: str) -> tuple[str, str, str] | None:
     return None
 
 
+def folder_labels(folder: str) -> tuple[str | None, str | None]:
+    """(speaker, emotion) a TESS folder name gives (OAF_Fear -> OAF, fear); (None, None) for any other folder."""
+    fm = re.match(r"^([A-Za-z]{3})[_\s-](.+)$", folder)
+    if not fm or fm.group(1).upper() not in SPEAKERS:
+        return None, None
+    return fm.group(1).upper(), norm(fm.group(2))
+
+
+def speaker_of(f, name_spk: str, folder_spk: str | None, report) -> str:
+    """The folder's speaker when the file name disagrees (a truncated OA_...), with a warning naming the file."""
+    if folder_spk is None or folder_spk == name_spk:
+        return name_spk
+    report.warn(f"{f.rel}: the file name says speaker {name_spk}, its folder {f.path.parent.name} says "
+                f"{folder_spk}; speaker {folder_spk} taken from the folder")
+    return folder_spk
+
+
 def build(db: Path, args, report):
     table = UttTable(CORPUS.domain)
     for f in scan_audio(db, report, decode=args.decode_audio):
@@ -62,18 +81,17 @@ def build(db: Path, args, report):
         if parsed is None:
             report.skip(f.rel, "name is not <SPK>_<word>_<emotion> with a TESS emotion")
             continue
-        spk_raw, word, emo = parsed
+        name_spk, word, emo = parsed
+        folder = f.path.parent.name
+        f_spk, f_emo = folder_labels(folder)
+        if f_spk is not None and f_emo != emo:
+            report.skip(f.rel, f"folder/name disagree: folder {folder} says {f_spk} {f_emo}, "
+                               f"the name says {name_spk} {emo}")
+            continue
+        spk_raw = speaker_of(f, name_spk, f_spk, report)
         if spk_raw not in SPEAKERS:
             report.skip(f.rel, f"invalid field value: speaker {spk_raw} (not OAF or YAF)")
             continue
-        folder = f.path.parent.name
-        fm = re.match(r"^([A-Za-z]{3})[_\s-](.+)$", folder)
-        if fm and fm.group(1).upper() in SPEAKERS:
-            f_spk, f_emo = fm.group(1).upper(), norm(fm.group(2))
-            if (f_spk, f_emo) != (spk_raw, emo):
-                report.skip(f.rel, f"folder/name disagree: folder {folder} says {f_spk} {f_emo}, "
-                                   f"the name says {spk_raw} {emo}")
-                continue
         spk = table.speaker(spk_raw)
         utt = table.utt_id(spk, f"{spk_raw}_{word.lower()}_{emo}")
         if utt in table:
