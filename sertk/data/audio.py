@@ -79,30 +79,6 @@ def write_audio(path, wav: np.ndarray, sr: int, subtype: str = "PCM_16") -> None
     sf.write(str(path), np.clip(wav, -1.0, 1.0), sr, subtype=subtype)
 
 
-def audio_digest(datadir) -> str:
-    """Digest of a data dir's audio as it stands on disk: every utterance's source, span, file size and mtime.
-
-    Cheap for any corpus size (stat, no decoding), and it changes when a file is
-    replaced, rewritten or re-segmented, so caches keyed on it never serve labels
-    of other audio.
-    """
-    import hashlib
-    import os
-
-    h = hashlib.sha256()
-    stats: dict[str, tuple[int, int]] = {}
-    for utt in datadir.utts:
-        path, start, end = datadir.audio_source(utt)
-        if path not in stats:
-            try:
-                st = os.stat(path)
-                stats[path] = (st.st_size, st.st_mtime_ns)
-            except OSError:
-                stats[path] = (-1, -1)  # unreadable: the reader names the utterance when it gets there
-        h.update(f"{utt}\t{path}\t{start}\t{end}\t{stats[path][0]}\t{stats[path][1]}\n".encode())
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class Source:
     """An utterance's audio (file, segment span) and the content key its features are stored under."""

@@ -29,7 +29,7 @@ import numpy as np
 import opensmile
 
 from sertk.common.fileio import hash_obj, write_json_atomic, write_text_atomic
-from sertk.data.audio import Source, content_key, read_audio, read_utterance, utterance_sources  # noqa: F401 - re-exported
+from sertk.data.audio import Source, read_audio, read_utterance, utterance_sources
 from sertk.data.datadir import DataDir
 from sertk.features.store import (FeatureStoreError, read_scp_index, read_store_index, write_shard,
                                   write_view)
