@@ -115,7 +115,7 @@ def test_class_scoring_equals_hand_summed_token_logprobs(tok):
         # the LM-prior correction subtracts lambda * log p(class | text only)
         _, corrected = model.decode_view(prefix, [prompt] * 3, view, tok, prior_weight=0.5)
         prior = model.score_candidates(None, [[tok.eos_id] + prompt + head],
-                                       [tok.encode(" " + c) + [tok.eos_id] for c in CLASSES], tok.eos_id)
+                                       [tok.encode(" " + c) + [tok.eos_id] for c in CLASSES])
         assert torch.allclose(corrected[0], scores[0] - 0.5 * prior, atol=1e-5)
 
 

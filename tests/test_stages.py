@@ -163,6 +163,10 @@ if [ "$1" = prep.py ]; then  # the recipe's preparation: data dirs and an append
   mkdir -p "$2/train" "$2/test" "$2/local"; echo "u1 s1" > "$2/train/utt2spk"; echo "u2 s2" > "$2/test/utt2spk"
   echo prepared >> "$2/local/prepare.log"; exit 0
 fi
+if [ "$2" = sertk.bin.train ] && [ -n "${TRAIN_SLEEP:-}" ]; then  # config-jobs tests: when each ran
+  echo "start $4 threads=${OMP_NUM_THREADS:-}" >> "$CALLS"; sleep "$TRAIN_SLEEP"; echo "end $4" >> "$CALLS"
+  case $4 in *fail*) exit 3 ;; esac
+fi
 out=0
 for a in "$@"; do
   case $a in --out|--exp) out=1 ;; --*) out=0 ;; *) [ $out = 0 ] || { mkdir -p "$a"; touch "$a/feats.scp"; } ;; esac
@@ -191,14 +195,15 @@ def fake_recipe(tmp_path):
     return recipe
 
 
-def _ser(recipe, repo_root, *args):
-    env = {**os.environ, "CALLS": str(recipe / "calls.log"), "REAL_PY": sys.executable}
+def _ser(recipe, repo_root, *args, ok=True, **env_extra):
+    env = {**os.environ, "CALLS": str(recipe / "calls.log"), "REAL_PY": sys.executable, **env_extra}
+    env.pop("OMP_NUM_THREADS", None)
     (recipe / "calls.log").write_text("")
     r = _run(["bash", str(repo_root / "egs/TEMPLATE/ser.sh"), "--corpus", "x",
               "--python", str(recipe.parent / "fake_python"),
               "--prepare-cmd", "$python prep.py $data", "--corpus-root", str(recipe.parent / "corpus"),
               "--ser-configs", "conf/m.yaml", "--stop-stage", "3", *args], recipe, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert (r.returncode == 0) == ok, r.stderr[-3000:]
     return r
 
 
@@ -225,6 +230,31 @@ def test_each_stage_reruns_only_for_its_own_options(fake_recipe, repo_root):
         f.write("another run\n")
     (fake_recipe / "data" / "train" / "extra.log").write_text("x\n")
     assert _ran(_ser(fake_recipe, repo_root, "--overrides", "train.epochs=2", "--token-scope", "speaker")) == []
+
+
+def _order(recipe) -> list[str]:
+    return [c for c in (recipe / "calls.log").read_text().splitlines() if c.startswith(("start", "end"))]
+
+
+def test_config_jobs_run_configs_at_once_and_a_student_after_its_teacher(fake_recipe, repo_root):
+    conf = fake_recipe / "conf"
+    (conf / "teacher.yaml").write_text("task: teacher\n")
+    (conf / "student.yaml").write_text("task: distill\nteacher: exp/teacher\n")
+    (conf / "other.yaml").write_text("task: egemaps_linear\n")
+    r = _ser(fake_recipe, repo_root, "--stage", "3", "--ser-configs", "conf/teacher.yaml conf/other.yaml conf/student.yaml",
+             "--config-jobs", "2", TRAIN_SLEEP="1")
+    order = _order(fake_recipe)
+    assert order.index("end conf/teacher.yaml") < order.index("start conf/student.yaml threads=1")
+    # the config that needs nothing ran beside the teacher, each job on its share of the threads
+    assert order.index("start conf/other.yaml threads=1") < order.index("end conf/teacher.yaml")
+    assert "[student] " in r.stderr and "[teacher] " in r.stderr
+    # a failed teacher stops its student and the stage, naming it
+    (conf / "teacher_fail.yaml").write_text("task: teacher\n")
+    (conf / "student2.yaml").write_text("task: distill\nteacher: exp/teacher_fail\n")
+    r = _ser(fake_recipe, repo_root, "--stage", "3", "--ser-configs", "conf/teacher_fail.yaml conf/student2.yaml",
+             "--config-jobs", "2", ok=False, TRAIN_SLEEP="0")
+    assert "student2 waits for teacher_fail, which failed" in r.stderr
+    assert not any("student2" in c for c in _order(fake_recipe))
 
 
 def test_redo_retrains_from_scratch_and_the_new_model_is_evaluated_again(fake_recipe, repo_root):

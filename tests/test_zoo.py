@@ -126,3 +126,30 @@ def test_frame_targets_sit_on_the_encoder_frame_grid(model):
     for n in (16000, 23456, 40000):
         frames = frame_targets(np.random.default_rng(n).standard_normal(n).astype(np.float32), 16000, field, hop, 40)
         assert frames.shape == (int(enc._get_feat_extract_output_lengths(torch.tensor(n))), 42)
+
+
+def test_build_zoo_jobs_trains_models_in_parallel_processes_and_names_a_failure(zoo, tmp_path):
+    """--jobs N: one process per pending model, lines prefixed by its name; a failure is named."""
+    import subprocess
+    import sys
+    cfg, root, _ = zoo
+    small = copy.deepcopy(cfg)
+    small["models"] = {k: small["models"][k] for k in ("w2v", "gpt2")}
+    conf = tmp_path / "zoo.yaml"
+    conf.write_text(yaml.safe_dump(small))
+    cmd = [sys.executable, "-m", "sertk.bin.build_zoo", "--config", str(conf), "--pool", str(root / "data/pretrain"),
+           "--zoo", str(tmp_path / "zoo"), "--jobs", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[w2v] " in r.stderr and "[gpt2] " in r.stderr
+    for name in ("w2v", "gpt2"):
+        meta = json.loads((tmp_path / "zoo" / name / "zoo.json").read_text())
+        assert meta["digest"] == json.loads((root / "zoo" / name / "zoo.json").read_text())["digest"]
+    assert build_zoo(small, root / "data/pretrain", tmp_path / "zoo") == {}  # both up to date
+    small["models"]["gpt2"]["config"]["n_head"] = 5  # 32 is not a multiple of 5: gpt2 cannot build
+    small["models"]["w2v"]["train"]["lr"] = 1e-3
+    conf.write_text(yaml.safe_dump(small))
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and "failed: gpt2" in r.stderr
+    assert json.loads((tmp_path / "zoo/w2v/zoo.json").read_text())["digest"] != \
+        json.loads((root / "zoo/w2v/zoo.json").read_text())["digest"]  # the other model still built

@@ -28,6 +28,7 @@ data=data                 # data dirs
 dump=dump                 # features and caches
 exp=exp                   # experiments and results
 nj=2                      # parallel parts for data-parallel stages
+config_jobs=1             # stages 3-10 (and the zoo): configs run at once, each on its share of the CPU threads; a config waits for the configs it names (exp/<tag>)
 backend=local             # job backend: local or slurm
 slurm_opts=               # extra sbatch options for --backend slurm
 sample_rate=16000         # rate audio is resampled to for features and models
@@ -105,7 +106,7 @@ if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
   else
     log "stage 0: pre-training pool and model zoo ($zoo_config -> $zoo/)"
     [ -z "$pool_cmd" ] || { check_uses_data --pool-cmd "$pool_cmd"; env python="$python" data="$data" bash -c "$pool_cmd"; }  # skips itself when up to date
-    run_stage 0 zoo "$zoo_config $data/pretrain $root/sertk/zoo" "$zoo" "" -- \
+    run_stage 0 zoo "$zoo_config $data/pretrain $root/sertk/zoo" "$zoo" "" --run-arg=--jobs --run-arg="$config_jobs" -- \
       "$python" -m sertk.bin.build_zoo --config "$zoo_config" --pool "$data/pretrain" --zoo "$zoo"
   fi
 fi
@@ -161,43 +162,77 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
       --feats "$dump/egemaps" --out "$dump/tokens" --scope "$token_scope"
 fi
 
-# run_configs STAGE ACTION CONFIGS: train or evaluate each config on every protocol of its protocols file.
-run_configs() {
-  local num=$1 action=$2 configs=$3 entry c p tag launcher deps fresh=()
+# run_one_config STAGE ACTION ENTRY: train or evaluate one config on every protocol of its protocols file.
+run_one_config() {
+  local num=$1 action=$2 entry=$3 c p tag launcher deps fresh=()
   launcher="$python"
   [ "$action" = train ] && [ -n "$train_launcher" ] && launcher=$train_launcher
   # --redo true retrains from scratch (the old run is moved aside, see docs/trainer.md)
   [ "$action" = train ] && [ "$redo" = true ] && fresh=(--run-arg=--fresh)
+  c=$(config_of "$entry"); p=$(protocols_of "$entry"); tag=$(basename "$c" .yaml)
+  if [ "$p" != "$protocols" ]; then  # multi-corpus sets: name unprepared sibling recipes, not a missing dir
+    "$python" -m sertk.bin.build_multicorpus --protocols "$p" --data "$data" --list-inputs >/dev/null || return 1
+  fi
+  # models another config trained (e.g. SELM's encoder from exp/classifier) are inputs too,
+  # and at evaluation their results (e.g. eval.baseline: the relative gain)
+  deps=$(for d in $(grep -oE 'exp/[A-Za-z0-9_.-]+' "$c" | sort -u); do
+           [ "$d" != "exp/$tag" ] || continue
+           find "$d" -name best.safetensors -not -path '*/checkpoints/*' -not -path '*.old-[0-9]*' 2>/dev/null || true
+           if [ "$action" = evaluate ]; then
+             find "$d" -path '*/eval/*' -name results.json -not -path '*/fewshot/*' -not -path '*.old-[0-9]*' \
+               2>/dev/null || true
+           fi
+         done | sort | tr '\n' ' ')
+  # evaluation: this config's own trained runs (a retrained or newly finished model is evaluated again)
+  if [ "$action" = evaluate ]; then
+    deps+=" $(find "$exp/$tag" -name run_digest.json -not -path '*.old-[0-9]*' 2>/dev/null | sort | tr '\n' ' ')"
+  fi
+  # zoo models a config names: a rebuilt zoo model re-runs the stage
+  deps+=$(for d in $(grep -oE "(^|[ {:])$zoo/[A-Za-z0-9_.-]+" "$c" | grep -oE "$zoo/[A-Za-z0-9_.-]+" | sort -u); do
+            [ ! -f "$d/zoo.json" ] || printf ' %s' "$d/zoo.json"; done)
+  run_stage "$num" "${action}_${tag}" "$c $p $data $dump/egemaps $deps" "$exp/$tag" \
+    "corpus=$corpus sample_rate=$sample_rate overrides=$overrides" "${fresh[@]+"${fresh[@]}"}" -- \
+    $launcher -m sertk.bin.$action --config "$c" --protocols "$p" --data "$data" \
+      --dump "$dump" --exp "$exp/$tag" --corpus "$corpus" --sample-rate "$sample_rate" --stage "$num" "${set_args[@]+"${set_args[@]}"}"
+}
+
+# run_configs STAGE ACTION CONFIGS: every config of the list, --config-jobs at a time, started in
+# list order. A config that names exp/<tag> of an earlier config in the list starts after it ends
+# (a student after its teacher); each job's lines carry its [tag]; a failure stops the stage once
+# the running configs end.
+run_configs() {
+  local num=$1 action=$2 configs=$3 entry c p tag t rcdir failed=()
   for entry in $configs; do
     c=$(config_of "$entry"); p=$(protocols_of "$entry")
     [ -f "$c" ] || { log "stage $num: no such config $c"; exit 1; }
     [ -f "$p" ] || { log "stage $num: no such protocols file $p (in $entry)"; exit 1; }
-    if [ "$p" != "$protocols" ]; then  # multi-corpus sets: name unprepared sibling recipes, not a missing dir
-      "$python" -m sertk.bin.build_multicorpus --protocols "$p" --data "$data" --list-inputs >/dev/null || exit 1
-    fi
-    tag=$(basename "$c" .yaml)
-    # models another config trained (e.g. SELM's encoder from exp/classifier) are inputs too,
-    # and at evaluation their results (e.g. eval.baseline: the relative gain)
-    deps=$(for d in $(grep -oE 'exp/[A-Za-z0-9_.-]+' "$c" | sort -u); do
-             [ "$d" != "exp/$tag" ] || continue
-             find "$d" -name best.safetensors -not -path '*/checkpoints/*' -not -path '*.old-[0-9]*' 2>/dev/null || true
-             if [ "$action" = evaluate ]; then
-               find "$d" -path '*/eval/*' -name results.json -not -path '*/fewshot/*' -not -path '*.old-[0-9]*' \
-                 2>/dev/null || true
-             fi
-           done | sort | tr '\n' ' ')
-    # evaluation: this config's own trained runs (a retrained or newly finished model is evaluated again)
-    if [ "$action" = evaluate ]; then
-      deps+=" $(find "$exp/$tag" -name run_digest.json -not -path '*.old-[0-9]*' 2>/dev/null | sort | tr '\n' ' ')"
-    fi
-    # zoo models a config names: a rebuilt zoo model re-runs the stage
-    deps+=$(for d in $(grep -oE "(^|[ {:])$zoo/[A-Za-z0-9_.-]+" "$c" | grep -oE "$zoo/[A-Za-z0-9_.-]+" | sort -u); do
-              [ ! -f "$d/zoo.json" ] || printf ' %s' "$d/zoo.json"; done)
-    run_stage "$num" "${action}_${tag}" "$c $p $data $dump/egemaps $deps" "$exp/$tag" \
-      "corpus=$corpus sample_rate=$sample_rate overrides=$overrides" "${fresh[@]+"${fresh[@]}"}" -- \
-      $launcher -m sertk.bin.$action --config "$c" --protocols "$p" --data "$data" \
-        --dump "$dump" --exp "$exp/$tag" --corpus "$corpus" --sample-rate "$sample_rate" --stage "$num" "${set_args[@]+"${set_args[@]}"}"
   done
+  if [ "$config_jobs" -le 1 ]; then
+    for entry in $configs; do run_one_config "$num" "$action" "$entry"; done
+    return
+  fi
+  rcdir=$(mktemp -d); declare -A pid_of=()
+  local threads=$(( $(nproc) / config_jobs )); [ "$threads" -ge 1 ] || threads=1
+  for entry in $configs; do
+    c=$(config_of "$entry"); tag=$(basename "$c" .yaml)
+    for t in $(grep -oE 'exp/[A-Za-z0-9_.-]+' "$c" | sed 's#^exp/##' | sort -u); do
+      [ -n "${pid_of[$t]-}" ] || continue
+      while kill -0 "${pid_of[$t]}" 2>/dev/null; do wait -n 2>/dev/null || true; done
+      [ "$(cat "$rcdir/$t" 2>/dev/null)" = 0 ] || { log "stage $num: $tag waits for $t, which failed"; wait; exit 1; }
+    done
+    while [ "$(jobs -rp | wc -l)" -ge "$config_jobs" ]; do wait -n 2>/dev/null || true; done
+    ( set +e; OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads} MKL_NUM_THREADS=${MKL_NUM_THREADS:-$threads} \
+        run_one_config "$num" "$action" "$entry" > >(sed -u "s/^/[$tag] /" >&2) 2>&1
+      echo $? > "$rcdir/$tag" ) &
+    pid_of[$tag]=$!
+  done
+  wait
+  for entry in $configs; do
+    tag=$(basename "$(config_of "$entry")" .yaml)
+    [ "$(cat "$rcdir/$tag" 2>/dev/null)" = 0 ] || failed+=("$tag")
+  done
+  rm -rf "$rcdir"
+  [ ${#failed[@]} -eq 0 ] || { log "stage $num: failed: ${failed[*]} (see [tag] lines above and exp/<tag>/log)"; exit 1; }
 }
 
 for pair in "3 train ser_configs" "4 evaluate ser_configs" "5 train icl_configs" "6 evaluate icl_configs" \

@@ -7,6 +7,8 @@
 #   ./run.sh                      # all stages
 #   ./run.sh --stage 3 --stop-stage 4
 #   ./run.sh --help               # every option with its current value
+# Two configs (and two zoo models) train at once, one thread each: small models
+# use two cores poorly (docs/recipes.md, "Configs at once").
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,6 +18,7 @@ cd "$(dirname "$0")"
   --pool-cmd "\$python -m sertk.bin.make_synth_corpus --config conf/synth.yaml --part pretrain --out-audio downloads/audio --out-data \$data --nj 2" \
   --zoo-config conf/zoo.yaml \
   --protocols conf/protocols.yaml \
+  --config-jobs 2 \
   --ser-configs "conf/egemaps_lr.yaml conf/egemaps_lr_spknorm.yaml conf/probe_w2v.yaml conf/probe_wavlm.yaml conf/classifier.yaml conf/selm.yaml" \
   --distill-configs "conf/regressor.yaml conf/teacher.yaml conf/wav2small.yaml conf/wav2small_17k.yaml conf/mobilenetv3_small.yaml" \
   "$@"

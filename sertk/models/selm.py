@@ -17,6 +17,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from sertk.models.encoder import SpeechEncoder, lengths_to_mask
+from sertk.models.scoring import candidate_logprobs
 from sertk.models.text_tokenizer import TextTokenizer
 from sertk.models.views import View
 
@@ -140,32 +141,21 @@ class SELM(nn.Module):
 
     # ---- scoring and constrained decoding --------------------------------------
     def score_candidates(self, prefix: torch.Tensor | None, contexts: list[list[int]],
-                         candidates: list[list[int]], pad_id: int) -> torch.Tensor:
+                         candidates: list[list[int]]) -> torch.Tensor:
         """Summed log-probability of every candidate after every context: [B, C], one forward pass.
 
-        Builds B*C sequences ``[prefix | context_b | candidate_c]`` (right-padded);
+        Row b's context is ``[prefix_b | context_b]`` (sertk.models.scoring);
         without a prefix (the LM-prior pass) the context must be non-empty.
         """
-        b, c = len(contexts), len(candidates)
-        seqs, spans = [], []
-        for ctx in contexts:
-            for cand in candidates:
-                seqs.append(ctx + cand)
-                spans.append((len(ctx), len(ctx) + len(cand)))
-        if prefix is None and any(s == 0 for s, _ in spans):
+        if prefix is None and any(len(c) == 0 for c in contexts):
             raise ValueError("score_candidates: a text-only pass needs a non-empty context (start with eos)")
-        width = max(len(s) for s in seqs)
-        device = self.lm.device
-        ids = torch.full((b * c, width), pad_id, dtype=torch.long, device=device)
-        att = torch.zeros((b * c, width), dtype=torch.long, device=device)
-        tgt = torch.zeros((b * c, width), dtype=torch.bool, device=device)
-        for i, (s, (lo, hi)) in enumerate(zip(seqs, spans)):
-            ids[i, :len(s)] = torch.tensor(s, device=device)
-            att[i, :len(s)] = 1
-            tgt[i, lo:hi] = True
-        rep = None if prefix is None else prefix.repeat_interleave(c, 0)
-        logp = self.token_logprobs(rep, ids, att)
-        return (logp * tgt).sum(1).view(b, c)
+        embed = self.lm.get_input_embeddings()
+        device = embed.weight.device
+        rows = []
+        for i, ctx in enumerate(contexts):
+            tok = embed(torch.tensor(ctx, dtype=torch.long, device=device))
+            rows.append(tok if prefix is None else torch.cat([prefix[i].to(tok.dtype), tok], 0))
+        return candidate_logprobs(self.lm, rows, candidates)
 
     def decode_view(self, prefix: torch.Tensor, contexts: list[list[int]], view: View,
                     tokenizer: TextTokenizer, prior_weight: float = 0.0, bos_context: list[int] | None = None
@@ -185,10 +175,10 @@ class SELM(nn.Module):
             last = k == len(view.slots) - 1
             cands = [tokenizer.encode(" " + v) + ([eos] if last else []) for v in slot.values]
             ctx = [c + head for c in ctx]
-            scores = self.score_candidates(prefix, ctx, cands, eos)
+            scores = self.score_candidates(prefix, ctx, cands)
             if prior_weight:
                 prior_ctx = [c + head for c in prior_ctx]
-                scores = scores - prior_weight * self.score_candidates(None, prior_ctx, cands, eos)
+                scores = scores - prior_weight * self.score_candidates(None, prior_ctx, cands)
             best = scores.argmax(1).tolist()
             for i, j in enumerate(best):
                 chosen[i].append(slot.values[j])

@@ -8,8 +8,9 @@ name ``zoo/<name>`` where real recipes name a hub checkpoint: one code path.
 
 A zoo model is one entry of the zoo config (``conf/zoo.yaml``) plus one
 training module registered in :data:`TRAINERS`; the module exposes
-``check(entry, where)`` and ``train(name, entry, pool, workdir, outdir) -> dict``
-(metadata for ``zoo.json`` and the README). A model whose entry, pool and
+``check(entry, where)``, ``shrink(entry)`` (smoke size, in place) and
+``train(name, entry, pool, workdir, outdir) -> dict`` (metadata for ``zoo.json``
+and the README). A model whose entry, pool and
 training code are unchanged is up to date and skipped.
 """
 from __future__ import annotations
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 TRAINERS = {
     "speech_encoder": "sertk.zoo.speech_encoder",
     "text_lm": "sertk.zoo.text_lm",
+    "generative_alm": "sertk.zoo.generative_alm",
+    "clap": "sertk.zoo.clap",
 }
 META_FILE = "zoo.json"
 
@@ -75,6 +78,17 @@ def is_up_to_date(outdir: Path, digest: str) -> bool:
         return json.loads(meta.read_text()).get("digest") == digest
     except (FileNotFoundError, ValueError):
         return False
+
+
+def pending_models(cfg: dict, pool_dir: str | Path, zoo_dir: str | Path, only: list[str] | None = None,
+                   force: bool = False) -> list[str]:
+    """The zoo models a build would train (``only``, or all), in config order: not up to date or forced."""
+    check_zoo_config(cfg)
+    pool = Pool.load(pool_dir)
+    seed = int(cfg.get("seed", 0))
+    names = list(cfg["models"]) if not only else only
+    return [n for n in names if n in cfg["models"] and
+            (force or not is_up_to_date(Path(zoo_dir) / n, model_digest(cfg["models"][n], pool, seed)))]
 
 
 def build_zoo(cfg: dict, pool_dir: str | Path, zoo_dir: str | Path, only: list[str] | None = None,

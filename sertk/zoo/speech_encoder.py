@@ -74,6 +74,13 @@ def check(entry: dict, where: str) -> None:
             raise ValueError(f"{where}: objective.{part}.layer {layer} outside 0..{config.num_hidden_layers}")
 
 
+def shrink(entry: dict) -> None:
+    """Smoke size (sertk.zoo.common.shrink_zoo_config): narrow layers, few clusters, one dev speaker."""
+    entry["config"].update(hidden_size=32, intermediate_size=64, num_attention_heads=2)
+    entry["data"]["dev_speakers"] = 1
+    entry["objective"]["masked_prediction"]["clusters"] = 4
+
+
 def _config(entry: dict):
     return AutoConfig.for_model(entry["type"], **(entry.get("config") or {}))
 

@@ -40,6 +40,11 @@ def check(entry: dict, where: str) -> None:
     TrainConfig.from_dict(dict(entry.get("train") or {}))
 
 
+def shrink(entry: dict) -> None:
+    """Smoke size (sertk.zoo.common.shrink_zoo_config): one narrow layer."""
+    entry["config"].update(n_embd=32, n_layer=1)
+
+
 def pool_texts(pool: Pool, text_cfg: dict) -> list[str]:
     """One training line per sentence, caption and (prompt, view) of every pool utterance."""
     prompts = list(text_cfg.get("prompts") or [""])
