@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers
 import yaml
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -16,13 +17,18 @@ from sertk.models.dawn import DawnRegressor
 from sertk.models.encoder import SpeechEncoder
 from sertk.models.selm import build_lm
 from sertk.models.text_tokenizer import HFTokenizer
-from sertk.zoo import build_zoo, check_zoo_config
+from sertk.zoo import build_zoo, check_zoo_config, model_digest
+from sertk.zoo.pool import Pool
 from sertk.zoo.speech_encoder import frame_geometry, frame_targets
 from zoo_fixtures import RECIPE_ZOO, tiny_zoo
 
 ROOT = Path(__file__).resolve().parent.parent
-# model_type of the hub checkpoints the zoo stands in for (their config.json says so)
-HUB_TYPES = {"facebook/wav2vec2-base": "wav2vec2", "microsoft/wavlm-base-plus": "wavlm", "gpt2": "gpt2"}
+# model_type and class ("architectures") of the hub checkpoints the zoo stands in for, as their config.json says
+HUB = {"facebook/wav2vec2-base": ("wav2vec2", "Wav2Vec2Model"), "microsoft/wavlm-base-plus": ("wavlm", "WavLMModel"),
+       "gpt2": ("gpt2", "GPT2LMHeadModel"),
+       "laion/clap-htsat-unfused": ("clap", "ClapModel"), "laion/larger_clap_general": ("clap", "ClapModel"),
+       "laion/larger_clap_music_and_speech": ("clap", "ClapModel"),
+       "Qwen/Qwen2-Audio-7B-Instruct": ("qwen2_audio", "Qwen2AudioForConditionalGeneration")}
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +56,10 @@ def test_each_model_is_in_the_class_of_the_hub_checkpoint_it_stands_in_for(zoo):
         d = root / "zoo" / name
         card = json.loads((d / "zoo.json").read_text())
         assert card["stands_in_for"] == cfg["models"][name]["stands_in_for"]
-        hub_type = HUB_TYPES[card["stands_in_for"]]
+        hub_type, hub_class = HUB[card["stands_in_for"]]
         assert json.loads((d / "config.json").read_text())["model_type"] == hub_type
-        # the class a hub name resolves to (offline: from its model_type) is the class the zoo path loads
-        loader = AutoModelForCausalLM if hub_type == "gpt2" else AutoModel
-        hub_class = type(loader.from_config(AutoConfig.for_model(hub_type)))
-        assert type(loader.from_pretrained(d)) is hub_class
-        assert hub_class.__name__ == card["class"]
+        # the class the hub checkpoint loads in is the class the zoo path loads in, by the same call
+        assert type(getattr(transformers, hub_class).from_pretrained(d)).__name__ == hub_class == card["class"]
         readme = (d / "README.md").read_text()
         assert card["stands_in_for"] in readme and f"{card['params']:,}" in readme
         assert card["pool"]["speakers"] == 4 and card["train_seconds"] >= 0
@@ -142,14 +145,15 @@ def test_build_zoo_jobs_trains_models_in_parallel_processes_and_names_a_failure(
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "[w2v] " in r.stderr and "[gpt2] " in r.stderr
-    for name in ("w2v", "gpt2"):
+    pool = Pool.load(root / "data/pretrain")
+    for name in ("w2v", "gpt2"):  # each model built as a serial build of the same entry would record it
         meta = json.loads((tmp_path / "zoo" / name / "zoo.json").read_text())
-        assert meta["digest"] == json.loads((root / "zoo" / name / "zoo.json").read_text())["digest"]
+        assert meta["digest"] == model_digest(small["models"][name], pool, small.get("seed", 0))
     assert build_zoo(small, root / "data/pretrain", tmp_path / "zoo") == {}  # both up to date
     small["models"]["gpt2"]["config"]["n_head"] = 5  # 32 is not a multiple of 5: gpt2 cannot build
     small["models"]["w2v"]["train"]["lr"] = 1e-3
     conf.write_text(yaml.safe_dump(small))
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1 and "failed: gpt2" in r.stderr
-    assert json.loads((tmp_path / "zoo/w2v/zoo.json").read_text())["digest"] != \
-        json.loads((root / "zoo/w2v/zoo.json").read_text())["digest"]  # the other model still built
+    assert json.loads((tmp_path / "zoo/w2v/zoo.json").read_text())["digest"] == \
+        model_digest(small["models"]["w2v"], pool, small.get("seed", 0))  # the other model still built

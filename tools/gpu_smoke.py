@@ -32,6 +32,9 @@ SER = ["egemaps_lr", "probe_w2v", "probe_wavlm", "classifier", "selm"]
 DISTILL = ["regressor", "teacher", "teacher_ensemble", "teacher_released", "wav2small", "mobilenetv3_small",
            "mobilenetv4_conv_small"]
 STUDENTS = ["wav2small", "mobilenetv3_small", "mobilenetv4_conv_small"]
+ICL = ["icl"]              # stages 5-6
+ZSFUSE = ["zsfuse"]        # stage 9
+TOKENS = ["tokens_alm"]    # stage 10
 
 
 def _synth(part: str, sets: list[str]) -> str:
@@ -91,6 +94,9 @@ def run(recipe: Path, device: str, stages: tuple[int, int], log) -> None:
            "--prepare-cmd", _synth("eval", CORPUS), "--pool-cmd", _synth("pretrain", POOL),
            "--ser-configs", " ".join(f"conf/{c}.yaml" for c in SER),
            "--distill-configs", " ".join(f"conf/{c}.yaml" for c in DISTILL),
+           "--icl-configs", " ".join(f"conf/{c}.yaml" for c in ICL),
+           "--zsfuse-configs", " ".join(f"conf/{c}.yaml" for c in ZSFUSE),
+           "--token-configs", " ".join(f"conf/{c}.yaml" for c in TOKENS),
            "--overrides", f"train.device={device} train.epochs=1 eval.bootstrap=50"]
     t0 = time.time()
     r = subprocess.run(cmd, cwd=recipe, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -104,7 +110,7 @@ def check(recipe: Path, device: str) -> list[str]:
     """Problems found: missing results, models that trained elsewhere than on ``device``."""
     problems = []
     exp = recipe / "exp"
-    for cfg in SER:
+    for cfg in SER + ICL + ZSFUSE:
         for proto, tests in (("studio", ("studio_test", "phone_test")), ("phone", ("phone_test", "studio_test"))):
             for t in tests:
                 if not (exp / cfg / proto / "eval" / t / "results.json").is_file():
@@ -115,6 +121,10 @@ def check(recipe: Path, device: str) -> list[str]:
             for t in ("studio_test", "phone_test"):
                 if not (exp / cfg / proto / "eval" / t / "results.json").is_file():
                     problems.append(f"missing {cfg}/{proto}/eval/{t}/results.json")
+    for cfg in TOKENS:  # one evaluation of the zoo ALM per test set, every condition
+        for t in ("studio_test", "phone_test"):
+            if not list((exp / cfg).glob(f"*/eval/{t}/aligned/*/results.json")):
+                problems.append(f"missing {cfg}/*/eval/{t}/aligned/*/results.json")
     want = "cuda" if device.startswith("cuda") else "cpu"
     trained = set()
     for p in sorted(list(exp.rglob("train.log")) + list((recipe / "zoo" / ".work").rglob("train.log"))):
@@ -123,7 +133,7 @@ def check(recipe: Path, device: str) -> list[str]:
             trained.add(p.relative_to(recipe).parts[1])
         if any(d != want for d in ran):
             problems.append(f"{p.relative_to(recipe)}: trained on {sorted(set(ran))}, not {want}")
-    neural = {"classifier", "selm", "regressor", "teacher", "teacher_ensemble", *STUDENTS}
+    neural = {"classifier", "selm", "regressor", "teacher", "teacher_ensemble", *STUDENTS, *ICL}
     for name in sorted(neural - trained):
         problems.append(f"exp/{name}: no trainer log line 'parameters on {want}'")
     if not (exp / "RESULTS.md").is_file():

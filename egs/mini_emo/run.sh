@@ -20,5 +20,8 @@ cd "$(dirname "$0")"
   --protocols conf/protocols.yaml \
   --config-jobs 2 \
   --ser-configs "conf/egemaps_lr.yaml conf/egemaps_lr_spknorm.yaml conf/probe_w2v.yaml conf/probe_wavlm.yaml conf/classifier.yaml conf/selm.yaml" \
+  --icl-configs "conf/icl.yaml" \
   --distill-configs "conf/regressor.yaml conf/teacher.yaml conf/wav2small.yaml conf/wav2small_17k.yaml conf/mobilenetv3_small.yaml" \
+  --zsfuse-configs "conf/zsfuse.yaml" \
+  --token-configs "conf/tokens_alm.yaml" \
   "$@"

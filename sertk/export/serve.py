@@ -405,6 +405,12 @@ SERVERS: dict[str, Callable[[Path], Predictor]] = {
     "teacher": Teacher,
     "distill": OnnxStudent,
 }
+# Tasks whose experiment dir holds no single audio -> label model to serve, and why.
+NOT_SERVED = {
+    "icl": "a decision needs the target speaker's enrolment pairs as well as the audio (stage 6 draws them)",
+    "zsfuse": "zero-shot ALMs and probes fused per test set at stage 9; the CLAPs are served by their own checkpoints",
+    "concept_alm": "a generative ALM used zero-shot; it has no trained weights of its own",
+}
 
 
 def task_of(path: Path) -> str:

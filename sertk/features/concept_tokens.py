@@ -347,6 +347,35 @@ def corrupt_tokens(tokens: Sequence[Mapping[str, str]], seed: int = 0,
     return [{c: levels[int(rng.integers(len(levels)))] for c in tok} for tok in tokens]
 
 
+def permute_slots(tokens: Sequence[Mapping[str, str]], seed: int = 0) -> list[dict[str, str]]:
+    """Permuted condition: each utterance's own levels moved across its concept slots.
+
+    Every utterance gets a random derangement of its slots (seeded), so no
+    concept keeps its own level's position; the utterance's multiset of levels
+    stays, only which concept carries which level changes (a level can still land
+    on its own concept when two slots share it).
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for tok in tokens:
+        concepts = list(tok)
+        perm = derangement(len(concepts), int(rng.integers(2**31)))
+        out.append({c: tok[concepts[j]] for c, j in zip(concepts, perm)})
+    return out
+
+
+# Levels that mean nothing on any acoustic scale: the "corrupted with nonsense values" control.
+NONSENSE_LEVELS = ("purple", "seven", "banana", "upside-down", "cloudy", "zebra")
+
+
+def nonsense_tokens(tokens: Sequence[Mapping[str, str]], seed: int = 0,
+                    values: Sequence[str] = NONSENSE_LEVELS) -> list[dict[str, str]]:
+    """Corrupted-nonsense condition: every level replaced by a meaningless word drawn at random (seeded)."""
+    rng = np.random.default_rng(seed)
+    values = list(values)
+    return [{c: values[int(rng.integers(len(values)))] for c in tok} for tok in tokens]
+
+
 # ------------------------------------------------------------------ data dirs
 def datadir_feats(datadir: str | Path, feats: str | Path) -> tuple[DataDir, list[str], np.ndarray, list[str]]:
     """(data dir, utterances, [N, 88] features, feature names) for a data dir and its eGeMAPS store."""

@@ -18,6 +18,9 @@ TASKS = {
     "teacher": "sertk.tasks.teacher",
     "distill": "sertk.tasks.distill",
     "probe": "sertk.tasks.probe",
+    "concept_alm": "sertk.tasks.concept_alm",
+    "zsfuse": "sertk.tasks.zsfuse",
+    "icl": "sertk.tasks.icl",
 }
 
 

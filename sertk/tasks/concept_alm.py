@@ -1,0 +1,294 @@
+"""Acoustic concept tokens in a generative ALM's prompt, aligned and perturbed (stage 10).
+
+The audio stays the same; only the token block of the text prompt changes
+(seed paper: Tsangko, Triantafyllopoulos, Schuller, "Acoustic Cue Alignment in
+Audio Language Models for Speech Emotion Recognition", arXiv 2606.07309).
+Conditions (all seeded; docs/concept_alm.md):
+
+| condition | token block |
+|---|---|
+| ``none`` | no block |
+| ``aligned`` | the utterance's own tokens (stage 2, ``dump/tokens/<protocol>[/foldK]/<set>/utt2tokens``) |
+| ``shuffled`` | another utterance's tokens (a derangement over the test set) |
+| ``permuted`` | the utterance's own levels moved across its six slots |
+| ``conflicting`` | every level mirrored (low <-> high); mid kept or moved (``perturb.conflict_mid``) |
+| ``corrupted`` | every level drawn at random from the scale |
+| ``corrupted_nonsense`` | every level replaced by a meaningless word |
+
+Each condition is decided two ways (``decisions``): ``scoring`` (constrained
+scoring of the label answers) and ``generation`` (free answer, parsed; an
+unparsable answer is an error in its own ``<unparsed>`` column and counted).
+Per test set, condition and decision: ``eval/<test>/<condition>/<decision>/``
+holds results.json (UAR, WA, macro-F1 with bootstrap CIs, and the condition
+figures: dUAR vs aligned and vs none, neutral share and the confusion mass moved
+into the neutral column, agreement with the no-token prediction, prediction
+entropy), predictions.txt, answers.txt or scores.txt, and confusion.png;
+``eval/<test>/<condition>/utt2tokens`` the token text each prompt carried.
+Nothing is trained: ``sertk evaluate`` (stage 10) does it all.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sertk.common.fileio import write_text_atomic
+from sertk.common.protocol import Split
+from sertk.data.audio import read_utterance
+from sertk.data.datadir import DataDir
+from sertk.data.labels import LabelMap
+from sertk.eval.metrics import bootstrap_ci, classification_metrics
+from sertk.eval.results import write_result
+from sertk.features import concept_tokens as ct
+from sertk.tasks import TaskContext, reject_unknown
+
+log = logging.getLogger(__name__)
+
+CONDITIONS = ("none", "aligned", "shuffled", "permuted", "conflicting", "corrupted", "corrupted_nonsense")
+DECISIONS = ("scoring", "generation")
+UNPARSED = "<unparsed>"
+PROMPT_KEYS = {"instruction", "token_block", "separator", "answers", "synonyms", "candidate_suffix"}
+
+
+def check_config(cfg: dict, where: str) -> None:
+    reject_unknown(cfg, {"task", "model", "prompt", "conditions", "decisions", "perturb", "neutral", "data",
+                         "generation", "eval", "label_map", "tokens"}, where)
+    reject_unknown(cfg.get("model") or {}, {"name_or_path", "revision", "dtype", "device", "system"}, f"{where}: model")
+    if not (cfg.get("model") or {}).get("name_or_path"):
+        raise ValueError(f"{where}: model.name_or_path is required (a hub id or zoo/<name>)")
+    p = cfg.get("prompt") or {}
+    reject_unknown(p, PROMPT_KEYS, f"{where}: prompt")
+    if "{labels}" not in p.get("instruction", "{labels}"):
+        raise ValueError(f"{where}: prompt.instruction must hold {{labels}} (the answer list)")
+    if "{tokens}" not in p.get("token_block", "{tokens}"):
+        raise ValueError(f"{where}: prompt.token_block must hold {{tokens}}")
+    bad = [c for c in cfg.get("conditions", CONDITIONS) if c not in CONDITIONS]
+    if bad:
+        raise ValueError(f"{where}: conditions {bad} unknown; choose from {list(CONDITIONS)}")
+    bad = [d for d in cfg.get("decisions", DECISIONS) if d not in DECISIONS]
+    if bad or not cfg.get("decisions", DECISIONS):
+        raise ValueError(f"{where}: decisions must be a non-empty subset of {list(DECISIONS)}")
+    pert = cfg.get("perturb") or {}
+    reject_unknown(pert, {"seed", "conflict_mid"}, f"{where}: perturb")
+    if pert.get("conflict_mid", "keep") not in ("keep", "extreme"):
+        raise ValueError(f"{where}: perturb.conflict_mid must be keep or extreme")
+    reject_unknown(cfg.get("data") or {}, {"batch_size", "max_duration"}, f"{where}: data")
+    reject_unknown(cfg.get("generation") or {}, {"max_new_tokens"}, f"{where}: generation")
+    reject_unknown(cfg.get("eval") or {}, {"bootstrap"}, f"{where}: eval")
+    reject_unknown(cfg.get("tokens") or {}, {"dir"}, f"{where}: tokens")
+
+
+def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
+    """Nothing to train: the ALM is used as it is (zero-shot, as in the paper)."""
+    log.info("%s %s: concept_alm trains nothing; run sertk evaluate (stage 10)", ctx.name, split.tag)
+
+
+# ------------------------------------------------------------------ conditions
+def condition_tokens(condition: str, tokens: list[dict[str, str]], levels: list[str], seed: int,
+                     conflict_mid: str = "keep") -> list[dict[str, str]] | None:
+    """The token dicts a condition puts in the prompts (None: no block), from stage 2's perturbations."""
+    if condition == "none":
+        return None
+    if condition == "aligned":
+        return [dict(t) for t in tokens]
+    if condition == "shuffled":
+        return ct.shuffle_tokens(tokens, seed)
+    if condition == "permuted":
+        return ct.permute_slots(tokens, seed)
+    if condition == "conflicting":
+        return ct.conflict_tokens(tokens, levels, conflict_mid, seed)
+    if condition == "corrupted":
+        return ct.corrupt_tokens(tokens, seed, levels)
+    if condition == "corrupted_nonsense":
+        return ct.nonsense_tokens(tokens, seed)
+    raise ValueError(f"unknown condition {condition!r}")
+
+
+# --------------------------------------------------------------------- figures
+def entropy_bits(pred: list[str], labels: list[str]) -> float:
+    """Entropy of the predicted-label distribution (bits): log2(C) when every class is predicted
+    equally often, 0 when one class takes every prediction (collapse)."""
+    p = np.array([pred.count(lab) for lab in labels], dtype=np.float64) / max(len(pred), 1)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def neutral_figures(confusion, labels: list[str], neutral: str | None) -> dict:
+    """Share of predictions that are neutral, and the share of utterances of other classes predicted
+    neutral (off-diagonal mass of the neutral column)."""
+    if not neutral or neutral not in labels:
+        return {}
+    cm = np.asarray(confusion, dtype=np.float64)
+    j = labels.index(neutral)
+    n = cm.sum()
+    return {"neutral_share": float(cm[:, j].sum() / n),
+            "neutral_error_mass": float((cm[:, j].sum() - cm[j, j]) / n)}
+
+
+def condition_figures(pred: dict[str, list[str]], gold: list[str], labels: list[str], neutral: str | None,
+                      n_boot: int) -> dict[str, dict]:
+    """condition -> metrics of one decision: the standard ones with CIs plus the condition figures."""
+    out = {}
+    for cond, p in pred.items():
+        cols = labels + ([UNPARSED] if UNPARSED in p else [])
+        m = classification_metrics(gold, p, cols)
+        if n_boot:
+            for k in ("uar", "wa", "macro_f1"):
+                m[f"{k}_ci"] = list(bootstrap_ci(gold, p, k, n_boot=n_boot))
+        m.update(neutral_figures(m["confusion"], cols, neutral))
+        m["prediction_entropy_bits"] = entropy_bits(p, labels)
+        m["prediction_entropy_norm"] = m["prediction_entropy_bits"] / np.log2(len(labels))
+        m["unparsed"] = int(p.count(UNPARSED))
+        m["unparsed_rate"] = m["unparsed"] / len(p)
+        out[cond] = m
+    for cond, m in out.items():
+        for ref in ("aligned", "none"):
+            if ref in out and cond != ref:
+                r = out[ref]
+                m[f"duar_vs_{ref}"] = m["uar"] - r["uar"]
+                if "neutral_share" in m:
+                    m[f"neutral_share_change_vs_{ref}"] = m["neutral_share"] - r["neutral_share"]
+                    m[f"neutral_mass_moved_vs_{ref}"] = m["neutral_error_mass"] - r["neutral_error_mass"]
+        if "none" in pred and cond != "none":
+            m["agreement_with_none"] = float(np.mean([a == b for a, b in zip(pred[cond], pred["none"])]))
+    return out
+
+
+# ------------------------------------------------------------------ evaluation
+def _answers(cfg: dict, labels: list[str]) -> dict[str, str]:
+    answers = (cfg.get("prompt") or {}).get("answers") or {}
+    unknown = set(answers) - set(labels)
+    if unknown:
+        raise ValueError(f"prompt.answers names {sorted(unknown)}, not labels of this protocol ({labels})")
+    unknown = set((cfg.get("prompt") or {}).get("synonyms") or {}) - set(labels)
+    if unknown:
+        raise ValueError(f"prompt.synonyms names {sorted(unknown)}, not labels of this protocol ({labels})")
+    return {lab: answers.get(lab, lab) for lab in labels}
+
+
+def _tokens_dir(cfg: dict, ctx: TaskContext, split: Split) -> Path:
+    root = (cfg.get("tokens") or {}).get("dir")
+    return (Path(root) if root else ctx.dump / "tokens") / split.tag  # stage 2: <protocol>[/foldK]
+
+
+def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
+    from sertk.eval.plots import plot_confusion
+    from sertk.models.generative_alm import GenerativeALM, emotion_prompt, parse_answer
+
+    labels_map = LabelMap.load(cfg.get("label_map") or split.label_map)
+    labels = list(labels_map.labels)
+    answers = _answers(cfg, labels)
+    prompt = cfg.get("prompt") or {}
+    instruction = prompt.get("instruction", "What emotion does the speaker express? Answer with one word: {labels}.")
+    block, sep = prompt.get("token_block", "Acoustic cues: {tokens}."), prompt.get("separator", " ")
+    conditions = list(cfg.get("conditions", CONDITIONS))
+    decisions = list(cfg.get("decisions", DECISIONS))
+    pert = cfg.get("perturb") or {}
+    seed, mid = int(pert.get("seed", 0)), pert.get("conflict_mid", "keep")
+    neutral = cfg.get("neutral")
+    data = cfg.get("data") or {}
+    bs, max_dur = int(data.get("batch_size", 8)), data.get("max_duration")
+    n_boot = int((cfg.get("eval") or {}).get("bootstrap", 1000))
+    max_new = int((cfg.get("generation") or {}).get("max_new_tokens", 16))
+
+    alm = GenerativeALM.load(cfg["model"])
+    cands = alm.candidate_ids(list(answers.values()), prompt.get("candidate_suffix", ""))
+    tok_root = _tokens_dir(cfg, ctx, split)
+    levels = _levels(tok_root)
+    written = []
+    for test in split.tests:
+        start = time.time()
+        d = DataDir.read(ctx.datadir(test))
+        utts = d.utts
+        gold = [labels_map.canonical(d.utt2emo[u]) for u in utts]
+        table = ct.read_utt2tokens(tok_root / test / "utt2tokens")
+        missing = [u for u in utts if u not in table]
+        if missing:
+            raise ValueError(f"{tok_root / test}/utt2tokens lacks {len(missing)} utterance(s) of {test}, e.g. "
+                             f"{missing[:3]}; run stage 2")
+        aligned = [table[u] for u in utts]
+        audio = [_audio(d, u, alm.sampling_rate, max_dur) for u in utts]
+        outdir = ctx.expdir / "eval" / test
+        preds: dict[str, dict[str, list[str]]] = {dec: {} for dec in decisions}
+        extras: dict[str, dict[str, list]] = {dec: {} for dec in decisions}
+        changed = {}
+        for cond in conditions:
+            toks = condition_tokens(cond, aligned, levels, seed, mid)
+            texts = [emotion_prompt(instruction, list(answers.values()), None if toks is None else toks[i], block, sep)
+                     for i in range(len(utts))]
+            if toks is not None:
+                write_text_atomic(outdir / cond / "utt2tokens", "".join(f"{u} {ct.render(t)}\n" for u, t in zip(utts, toks)))
+                changed[cond] = float(np.mean([t != a for t, a in zip(toks, aligned)]))
+            for dec in decisions:
+                p, x = [], []
+                for i in range(0, len(utts), bs):
+                    tb, ab = texts[i:i + bs], audio[i:i + bs]
+                    if dec == "scoring":
+                        s = alm.score(tb, ab, cands)
+                        x += s.tolist()
+                        p += [labels[j] for j in s.argmax(1).tolist()]
+                    else:
+                        out = alm.generate(tb, ab, max_new)
+                        x += out
+                        p += [parse_answer(a, answers, prompt.get("synonyms")) or UNPARSED for a in out]
+                preds[dec][cond], extras[dec][cond] = p, x
+        for dec in decisions:
+            figs = condition_figures(preds[dec], gold, labels, neutral, n_boot)
+            for cond, m in figs.items():
+                m["tokens_changed"] = changed.get(cond)
+                cols = labels + ([UNPARSED] if m["unparsed"] else [])
+                where = outdir / cond / dec
+                _write_files(where, utts, preds[dec][cond], extras[dec][cond], dec, labels)
+                extra = {"fold": split.fold, "condition": cond, "decision": dec,
+                         "model": cfg["model"]["name_or_path"], "tokens": str(tok_root / test),
+                         "prompt_example": texts_example(instruction, answers, block, sep, cond, aligned, levels,
+                                                         seed, mid)}
+                path = where / "results.json"
+                write_result(path, stage=ctx.stage, name=f"{ctx.name}_{dec}_{cond}", task="classification",
+                             protocol=split.record(test, ctx.data), metrics=m, labels=cols,
+                             confusion=m["confusion"], extra=extra)
+                plot_confusion(m["confusion"], cols, where / "confusion.png",
+                               f"{ctx.name}: {cond}, {dec} ({test})")
+                written.append(path)
+            log.info("%s %s -> %s [%s]: %s", ctx.name, split.tag, test, dec, ", ".join(
+                f"{c} {figs[c]['uar']:.3f}" for c in conditions))
+        log.info("%s %s -> %s: %d conditions x %d decisions in %.1f s", ctx.name, split.tag, test,
+                 len(conditions), len(decisions), time.time() - start)
+    return written
+
+
+def texts_example(instruction, answers, block, sep, cond, aligned, levels, seed, mid) -> str:
+    """The first utterance's user text under a condition (recorded with the results)."""
+    from sertk.models.generative_alm import emotion_prompt
+
+    toks = condition_tokens(cond, aligned, levels, seed, mid)
+    return emotion_prompt(instruction, list(answers.values()), None if toks is None else toks[0], block, sep)
+
+
+def _levels(tok_root: Path) -> list[str]:
+    """The level scale stage 2 used (its thresholds.json), for the conflicting and corrupted conditions."""
+    import json
+
+    path = tok_root / "thresholds.json"
+    try:
+        return list(json.loads(path.read_text())["levels"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{path}: cannot read the concept-token levels ({e}); run stage 2") from e
+
+
+def _audio(d: DataDir, utt: str, sr: int, max_dur) -> np.ndarray:
+    wav, _ = read_utterance(d, utt, sr)
+    wav = np.asarray(wav, dtype=np.float32)
+    return wav[: int(float(max_dur) * sr)] if max_dur else wav
+
+
+def _write_files(where: Path, utts, pred, extra, decision: str, labels: list[str]) -> None:
+    write_text_atomic(where / "predictions.txt", "".join(f"{u} {p}\n" for u, p in zip(utts, pred)))
+    if decision == "scoring":  # summed log-probability of each label's answer
+        write_text_atomic(where / "scores.txt", "# utt " + " ".join(labels) + "\n" + "".join(
+            f"{u} {' '.join(f'{v:.4f}' for v in row)}\n" for u, row in zip(utts, extra)))
+    else:
+        write_text_atomic(where / "answers.txt", "".join(f"{u} {a.replace(chr(10), ' ')}\n" for u, a in zip(utts, extra)))
+

@@ -1,0 +1,268 @@
+"""Zoo generative ALM: a tiny ``Qwen2AudioForConditionalGeneration`` + processor, instruction-tuned on the pool.
+
+Stands in for ``Qwen/Qwen2-Audio-7B-Instruct`` in the concept-token study
+(stage 10): saved with ``save_pretrained`` together with its processor
+(Whisper-style log-mel feature extractor, byte-level BPE tokenizer trained on
+the pool's text, the Qwen2-Audio chat template), so ``sertk.models.generative_alm``
+loads ``zoo/alm`` exactly as it loads the hub model.
+
+Instruction data, built from every pool utterance (its audio is the input):
+
+- *caption*: "Describe how the speaker sounds." -> the pool caption;
+- *emotion*: the stage-10 question (:func:`sertk.models.generative_alm.emotion_prompt`,
+  same instruction and label list) -> the label word, for every utterance
+  without tokens and, for a seeded subset, once more with the utterance's six
+  concept tokens (from its eGeMAPS, with the stage-2 tokenizer code, thresholds
+  fit on that subset), so the model meets both kinds of prompt as
+  instruction-tuned ALMs meet such text.
+
+eGeMAPS is extracted only for the token-bearing utterances (openSMILE costs
+about 40 ms an utterance on one core) into a store under the work dir, so an
+interrupted build does not extract again.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sertk.models.generative_alm import emotion_prompt
+from sertk.tasks import reject_unknown
+from sertk.train.trainer import Trainer, TrainConfig
+from sertk.zoo.common import count_params
+from sertk.zoo.pool import Pool
+from sertk.zoo.text_lm import EOS, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+SPECIALS = ["<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
+AUDIO = "<|AUDIO|>"
+END = "<|im_end|>"
+UNPARSED = "<unparsed>"
+PROMPT_KEYS = {"caption", "emotion", "token_block", "separator"}
+DEFAULT_PROMPTS = {
+    "caption": "Describe how the speaker sounds.",
+    "emotion": "What emotion does the speaker express? Answer with one word: {labels}.",
+    "token_block": "Acoustic cues: {tokens}.",
+    "separator": " ",
+}
+
+
+def check(entry: dict, where: str) -> None:
+    reject_unknown(entry, {"trainer", "stands_in_for", "description", "config", "features", "tokenizer", "prompts",
+                           "tokens", "data", "train"}, where)
+    cfg = entry.get("config") or {}
+    reject_unknown(cfg, {"audio", "text"}, f"{where}: config")
+    reject_unknown(entry.get("features") or {}, {"num_mel_bins", "max_duration"}, f"{where}: features")
+    reject_unknown(entry.get("tokenizer") or {}, {"vocab_size", "min_frequency"}, f"{where}: tokenizer")
+    reject_unknown(entry.get("prompts") or {}, PROMPT_KEYS, f"{where}: prompts")
+    tok = entry.get("tokens") or {}
+    reject_unknown(tok, {"utterances", "share", "levels", "nj"}, f"{where}: tokens")
+    if not 0.0 <= float(tok.get("share", 1.0)) <= 1.0:
+        raise ValueError(f"{where}: tokens.share must be in [0, 1]")
+    reject_unknown(entry.get("data") or {}, {"dev_speakers", "caption_share"}, f"{where}: data")
+    build_config(entry, vocab_size=512, audio_token_id=0)  # the model config itself must be valid
+    TrainConfig.from_dict(dict(entry.get("train") or {}))
+
+
+def shrink(entry: dict) -> None:
+    """Smoke size (sertk.zoo.common.shrink_zoo_config): narrow layers, few token utterances, one dev speaker."""
+    entry["config"]["audio"].update(d_model=32, encoder_ffn_dim=64)
+    entry["config"]["text"].update(hidden_size=32, intermediate_size=64)
+    entry.setdefault("tokens", {}).update(utterances=8, nj=1)
+    entry.setdefault("data", {})["dev_speakers"] = 1
+
+
+def build_config(entry: dict, vocab_size: int, audio_token_id: int):
+    from transformers import Qwen2AudioConfig
+
+    cfg = entry.get("config") or {}
+    feat = entry.get("features") or {}
+    frames = int(round(float(feat.get("max_duration", 4.0)) * 100))  # 10 ms hop
+    audio = {"encoder_layers": 2, "encoder_attention_heads": 2, "d_model": 64, "encoder_ffn_dim": 128,
+             **(cfg.get("audio") or {}), "num_mel_bins": int(feat.get("num_mel_bins", 32)),
+             "max_source_positions": frames // 2}
+    text = {"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 512,
+            **(cfg.get("text") or {}), "vocab_size": vocab_size}
+    return Qwen2AudioConfig(audio_config=audio, text_config=text, audio_token_id=audio_token_id)
+
+
+def pool_tokens(pool: Pool, utts: list[str], levels: int, nj: int, workdir: Path) -> dict[str, dict[str, str]]:
+    """Concept tokens of ``utts``: eGeMAPS (stage 2's extractor, a store under ``workdir``) binned with
+    thresholds fit on these pool utterances (stage 2's tokenizer, global scope)."""
+    from sertk.features.concept_tokens import ConceptTokenizer, level_names, tokenize_datadir
+    from sertk.features.egemaps import extract_parallel
+
+    sub = workdir / "token_pool"
+    pool.datadir.subset(utts).write(sub)
+    feats = extract_parallel(sub, workdir / "egemaps" / "token_pool", nj=nj, store_root=workdir / "egemaps" / "_store")
+    from sertk.features.concept_tokens import fit_on_datadir
+
+    tokenizer: ConceptTokenizer = fit_on_datadir(sub, feats.parent, levels=level_names(levels), scope="global")
+    return tokenize_datadir(tokenizer, sub, feats.parent)
+
+
+def instruction_examples(pool: Pool, tokens: dict[str, dict[str, str]], prompts: dict, share: float,
+                         caption_share: float, seed: int) -> list[tuple[str, str, str]]:
+    """(utt, user text, answer): every pool utterance's emotion question without tokens; for a seeded
+    ``share`` of the utterances that have tokens, the same question with them too (same audio, same
+    answer: the model meets both kinds of prompt); for a seeded ``caption_share``, its caption."""
+    rng = np.random.default_rng(seed)
+    labels = pool.emotions
+    u2e, captions = pool.datadir.utt2emo, pool.field("utt2caption")
+    out = []
+    for u in pool.utts:
+        question = [None] + ([tokens[u]] if u in tokens and rng.random() < share else [])
+        for toks in question:
+            out.append((u, emotion_prompt(prompts["emotion"], labels, toks, prompts["token_block"],
+                                          prompts["separator"]), u2e[u]))
+        if rng.random() < caption_share:
+            out.append((u, prompts["caption"], captions[u]))
+    return out
+
+
+class _Examples(torch.utils.data.Dataset):
+    def __init__(self, rows: list[tuple[list[int], list[int], int]]):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def _collate(feats: np.ndarray, masks: np.ndarray, pad: int):
+    def fn(items):
+        width = max(len(ids) for ids, _, _ in items)
+        ids = torch.full((len(items), width), pad, dtype=torch.long)
+        labels = torch.full((len(items), width), -100, dtype=torch.long)
+        att = torch.zeros((len(items), width), dtype=torch.long)
+        for b, (x, y, _) in enumerate(items):
+            ids[b, :len(x)] = torch.tensor(x)
+            labels[b, :len(y)] = torch.tensor(y)
+            att[b, :len(x)] = 1
+        idx = [i for _, _, i in items]
+        return {"input_ids": ids, "attention_mask": att, "labels": labels,
+                "input_features": torch.from_numpy(feats[idx]), "feature_attention_mask": torch.from_numpy(masks[idx])}
+    return fn
+
+
+def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path) -> dict:
+    from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor, WhisperFeatureExtractor
+
+    seed = int((entry.get("train") or {}).get("seed", 0))
+    prompts = {**DEFAULT_PROMPTS, **(entry.get("prompts") or {})}
+    tok_cfg, data = entry.get("tokens") or {}, entry.get("data") or {}
+    feat_cfg = entry.get("features") or {}
+    max_dur = float(feat_cfg.get("max_duration", 4.0))
+    max_dur = int(max_dur) if max_dur.is_integer() else max_dur
+
+    # concept tokens for a seeded subset of the pool
+    rng = np.random.default_rng(seed)
+    n_tok = min(int(tok_cfg.get("utterances", 512)), len(pool.utts))
+    tok_utts = sorted(rng.choice(pool.utts, n_tok, replace=False).tolist())
+    tokens = pool_tokens(pool, tok_utts, int(tok_cfg.get("levels", 3)), int(tok_cfg.get("nj", 1)), workdir)
+    examples = instruction_examples(pool, tokens, prompts, float(tok_cfg.get("share", 0.5)),
+                                    float(data.get("caption_share", 1.0)), seed)
+
+    # tokenizer (pool text, prompts, answers) and processor
+    lines = [t for _, t, _ in examples] + [a for _, _, a in examples] + list(pool.field("text").values())
+    t = entry.get("tokenizer") or {}
+    tokenizer = train_tokenizer(lines, int(t.get("vocab_size", 512)), int(t.get("min_frequency", 2)))
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIALS})
+    tokenizer.pad_token = EOS
+    fe = WhisperFeatureExtractor(feature_size=int(feat_cfg.get("num_mel_bins", 32)), sampling_rate=16000,
+                                 hop_length=160, n_fft=400, chunk_length=max_dur)
+    processor = Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tokenizer)
+    processor.chat_template = processor.default_chat_template  # saved with it: loads like the hub model's
+
+    config = build_config(entry, len(tokenizer), tokenizer.convert_tokens_to_ids(AUDIO))
+    model = Qwen2AudioForConditionalGeneration(config)
+    end_id = tokenizer.convert_tokens_to_ids(END)
+    model.generation_config.eos_token_id = end_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    # log-mel features once per utterance (the whole clip fits the window: no crop needed below max_duration)
+    audio = pool.audio(16000)
+    index = {u: i for i, u in enumerate(pool.utts)}
+    fx = fe([audio[u][: int(max_dur * 16000)] for u in pool.utts], sampling_rate=16000, return_attention_mask=True,
+            padding="max_length", return_tensors="np")
+    feats, masks = fx["input_features"].astype(np.float32), fx["attention_mask"].astype(np.int64)
+    n_audio = model.model.audio_tower._get_feat_extract_output_lengths(torch.from_numpy(masks.sum(-1)))[1].tolist()
+
+    # token ids: chat template with the audio placeholder expanded; loss on the answer and its end token only
+    cache: dict[str, tuple[list[int], list[int]]] = {}
+
+    def encode(u: str, text: str, answer: str):
+        if text not in cache:
+            chat = processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "audio", "audio": "<audio>"}, {"type": "text", "text": text}]}],
+                add_generation_prompt=True, tokenize=False)
+            head, _, tail = chat.partition(AUDIO)
+            cache[text] = (tokenizer.encode(head, add_special_tokens=False), tokenizer.encode(tail, add_special_tokens=False))
+        head, tail = cache[text]
+        prompt = head + [config.audio_token_id] * n_audio[index[u]] + tail
+        target = tokenizer.encode(answer, add_special_tokens=False) + [end_id]
+        return prompt + target, [-100] * len(prompt) + target, index[u]
+
+    train_utts, dev_utts = pool.split(int(data.get("dev_speakers", 4)))
+    dev_set = set(dev_utts)
+    rows = [(u, encode(u, text, ans)) for u, text, ans in examples]
+    train_rows = [r for u, r in rows if u not in dev_set]
+    dev_rows = [r for u, r in rows if u in dev_set]
+    tcfg = TrainConfig.from_dict({"select_metric": "loss", "select_mode": "min", **(entry.get("train") or {})})
+
+    def compute_loss(m, batch):
+        return m(**batch).loss
+
+    trainer = Trainer(model, _Examples(train_rows), _Examples(dev_rows), _collate(feats, masks, tokenizer.pad_token_id),
+                      compute_loss, None, tcfg, workdir)
+    summary = trainer.fit(resume=True)
+    trainer.load_best()
+    model = model.cpu().eval()
+    model.save_pretrained(outdir)
+    processor.save_pretrained(outdir)
+    dev = dev_figures(outdir, pool, dev_utts, tokens, prompts)
+    plain = emotion_prompt(prompts["emotion"], pool.emotions)
+    n_tok_prompts = sum(1 for _, t, _ in examples if t not in (plain, prompts["caption"]))
+    return {"class": type(model).__name__, "params": count_params(model),
+            "objective": "instruction tuning on the pool: audio captioning and the emotion question "
+                         f"({n_tok_prompts} of {len(pool.utts)} emotion prompts carry concept tokens)",
+            "processor": f"Qwen2AudioProcessor: {fe.feature_size}-bin log-mel, {max_dur:g} s window; "
+                         f"byte-level BPE, {len(tokenizer)} tokens; Qwen2-Audio chat template",
+            "examples": len(examples),
+            "training": f"{summary['epochs_done']} epochs (best {summary['best_epoch']}), batch {tcfg.batch_size}, "
+                        f"{tcfg.optimizer} lr {tcfg.lr:g} {tcfg.scheduler}, {len(dev_rows)} dev examples held out",
+            "dev": {"loss": round(float(summary["best_metrics"]["loss"]), 4), **dev}}
+
+
+def dev_figures(outdir: Path, pool: Pool, dev_utts: list[str], tokens: dict, prompts: dict) -> dict:
+    """Free generation on the pool's dev speakers, loaded back as stage 10 loads it: answers that parse to
+    a class and UAR without tokens; UAR with aligned tokens where the utterance has them."""
+    from sertk.eval.metrics import classification_metrics
+    from sertk.models.generative_alm import GenerativeALM, parse_answer
+
+    alm = GenerativeALM.load({"name_or_path": str(outdir), "device": "cpu", "dtype": "float32"})
+    labels = pool.emotions
+    answers = {lab: lab for lab in labels}
+    audio = pool.audio(alm.sampling_rate)
+    out = {}
+    for cond, utts in (("none", dev_utts), ("aligned", [u for u in dev_utts if u in tokens])):
+        if not utts:
+            continue
+        preds = []
+        for i in range(0, len(utts), 32):
+            chunk = utts[i:i + 32]
+            texts = [emotion_prompt(prompts["emotion"], labels, tokens[u] if cond == "aligned" else None,
+                                    prompts["token_block"], prompts["separator"]) for u in chunk]
+            preds += [parse_answer(a, answers) for a in alm.generate(texts, [audio[u] for u in chunk], 8)]
+        gold = [pool.datadir.utt2emo[u] for u in utts]
+        out[f"parsed_{cond}"] = round(float(np.mean([p is not None for p in preds])), 4)
+        # an unparsable answer is an error of its own column, never a guessed class
+        m = classification_metrics(gold, [p or UNPARSED for p in preds], labels + [UNPARSED])
+        out[f"uar_{cond}"] = round(m["uar"], 4)
+    return out
