@@ -22,7 +22,8 @@ import time
 
 import torch
 
-from sertk.models.icl import EpisodeTemplate, ICLSpeechLM, build_causal_lm
+from sertk.models.causal_lm import build_causal_lm
+from sertk.models.icl import EpisodeTemplate, ICLSpeechLM
 from sertk.models.text_tokenizer import SentencePieceTokenizer
 
 CLASSES = ["neutral", "happy", "angry", "sad"]

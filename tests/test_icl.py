@@ -12,7 +12,8 @@ from sertk.common.protocol import Split
 from sertk.data.audio import write_audio
 from sertk.data.datadir import DataDir
 from sertk.data.episodes import Episode, EpisodeSampler, enrolment_draws, group_by_speaker
-from sertk.models.icl import EpisodeTemplate, ICLSpeechLM, build_causal_lm
+from sertk.models.causal_lm import build_causal_lm
+from sertk.models.icl import EpisodeTemplate, ICLSpeechLM
 from sertk.models.personal_baselines import PersonalBaselines
 from sertk.models.scoring import candidate_logprobs
 from sertk.models.text_tokenizer import SentencePieceTokenizer

@@ -14,39 +14,22 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
+from sertk.models.causal_lm import build_causal_lm
 from sertk.models.encoder import SpeechEncoder, lengths_to_mask
 from sertk.models.scoring import candidate_logprobs
 from sertk.models.text_tokenizer import TextTokenizer
 from sertk.models.views import View
 
-LM_MODES = ("frozen", "full", "lora")
 
 
 def build_lm(spec: dict, tokenizer: TextTokenizer) -> GPT2LMHeadModel:
     """GPT-2 from the hub (``name_or_path: gpt2``) or a small local config sized to the tokenizer."""
-    if spec.get("name_or_path"):
-        lm = GPT2LMHeadModel.from_pretrained(spec["name_or_path"], revision=spec.get("revision"))
-        if lm.config.vocab_size < tokenizer.vocab_size:
-            raise ValueError(f"lm {spec['name_or_path']}: vocab {lm.config.vocab_size} < tokenizer's "
-                             f"{tokenizer.vocab_size}")
-    else:
-        cfg = GPT2Config(vocab_size=tokenizer.vocab_size, bos_token_id=tokenizer.eos_id,
-                         eos_token_id=tokenizer.eos_id, **spec.get("config", {}))
-        lm = GPT2LMHeadModel(cfg)
-    mode = spec.get("mode", "full")
-    if mode not in LM_MODES:
-        raise ValueError(f"lm.mode must be one of {', '.join(LM_MODES)}, got {mode!r}")
-    if mode == "lora":
-        from peft import LoraConfig, inject_adapter_in_model
-        lcfg = dict(spec.get("lora") or {})
-        lm = inject_adapter_in_model(LoraConfig(
-            r=int(lcfg.get("r", 8)), lora_alpha=int(lcfg.get("alpha", 16)),
-            lora_dropout=float(lcfg.get("dropout", 0.0)),
-            target_modules=list(lcfg.get("target_modules", ["c_attn"])), fan_in_fan_out=True), lm)
-    for name, p in lm.named_parameters():
-        p.requires_grad_(mode == "full" or (mode == "lora" and "lora_" in name))
+    lm = build_causal_lm(spec, tokenizer.vocab_size, tokenizer.eos_id)
+    if spec.get("name_or_path") and lm.config.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"lm {spec['name_or_path']}: vocab {lm.config.vocab_size} < tokenizer's "
+                         f"{tokenizer.vocab_size}")
     return lm
 
 

@@ -41,7 +41,8 @@ from sertk.eval.metrics import bootstrap_ci, classification_metrics, scores_from
 from sertk.eval.results import write_result
 from sertk.features.embedding_cache import encoder_features, frozen_encoder
 from sertk.models.heads import build_pooling
-from sertk.models.icl import EpisodeTemplate, ICLSpeechLM, build_causal_lm
+from sertk.models.causal_lm import build_causal_lm
+from sertk.models.icl import EpisodeTemplate, ICLSpeechLM
 from sertk.models.personal_baselines import METHODS as BASELINE_METHODS, PersonalBaselines
 from sertk.models.text_tokenizer import HFTokenizer, SentencePieceTokenizer, TextTokenizer, load_tokenizer
 from sertk.tasks import TaskContext, reject_unknown
