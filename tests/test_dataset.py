@@ -209,6 +209,23 @@ def test_bucketing_is_deterministic_per_seed_and_epoch(tmp_path):
         assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 12.0 + 1e-9
 
 
+def test_trainer_bucketed_batches_shard_ranks_evenly_and_leave_no_batch_too_small(tmp_path):
+    from sertk.train.trainer import bucketed_batches
+    ds = AudioDataset(_varied_dir(tmp_path, n=61), 8000, LM)
+    lengths = ds.durations()
+    # 61 items in 5 buckets of batch 4 leave partial batches; a CCC loss needs >= 2 items per rank
+    fn = bucketed_batches(4, seed=3, num_buckets=5, min_items=2)
+    one = fn(ds, 0, 0, 1)
+    assert Counter(i for b in one for i in b) == Counter(range(len(ds)))
+    assert min(len(b) for b in one) >= 2
+    assert padding_ratio(one, lengths) < 0.2
+    assert fn(ds, 0, 0, 1) == one and fn(ds, 1, 0, 1) != one  # a function of (seed, epoch)
+    ranks = [fn(ds, 0, r, 2) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1])  # every rank takes part in every step
+    assert all(len(b) >= 2 for r in ranks for b in r)
+    assert Counter(i for r in ranks for b in r for i in b) == Counter(range(len(ds)))
+
+
 def test_dataloader_end_to_end(tmp_path):
     ds = AudioDataset(_varied_dir(tmp_path, n=24), 16000, LM)
     sampler = make_bucket_batch_sampler(ds, max_batch_seconds=10.0, num_buckets=3, shuffle=False)

@@ -257,6 +257,17 @@ def test_config_jobs_run_configs_at_once_and_a_student_after_its_teacher(fake_re
     assert not any("student2" in c for c in _order(fake_recipe))
 
 
+def test_config_jobs_training_does_not_wait_for_a_model_named_only_for_evaluation(fake_recipe, repo_root):
+    conf = fake_recipe / "conf"
+    (conf / "classifier.yaml").write_text("task: classifier\n")
+    # like SELM: the classifier is only the baseline its relative gain is taken against, at evaluation
+    (conf / "selm.yaml").write_text("task: selm\nmodel: {lm: gpt2}\neval:\n  baseline: exp/classifier\n")
+    _ser(fake_recipe, repo_root, "--stage", "3", "--stop-stage", "3",
+         "--ser-configs", "conf/classifier.yaml conf/selm.yaml", "--config-jobs", "2", TRAIN_SLEEP="1")
+    order = _order(fake_recipe)
+    assert order.index("start conf/selm.yaml threads=1") < order.index("end conf/classifier.yaml")
+
+
 def test_redo_retrains_from_scratch_and_the_new_model_is_evaluated_again(fake_recipe, repo_root):
     assert _ran(_ser(fake_recipe, repo_root, "--stop-stage", "4")) == ["data", "egemaps", "tokens", "train_m",
                                                                         "evaluate_m"]

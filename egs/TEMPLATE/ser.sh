@@ -162,6 +162,13 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
       --feats "$dump/egemaps" --out "$dump/tokens" --scope "$token_scope"
 fi
 
+# named_exps CONFIG ACTION: the exp/<tag> dirs a config reads. Training reads none named in its
+# top-level eval: block (e.g. eval.baseline, the model a relative gain is taken against).
+named_exps() {
+  awk -v train="$([ "$2" = train ] && echo 1)" '/^[^ #]/ { in_eval = ($0 ~ /^eval:/) } !(train && in_eval)' "$1" \
+    | grep -oE 'exp/[A-Za-z0-9_.-]+' | sort -u || true
+}
+
 # run_one_config STAGE ACTION ENTRY: train or evaluate one config on every protocol of its protocols file.
 run_one_config() {
   local num=$1 action=$2 entry=$3 c p tag launcher deps fresh=()
@@ -173,9 +180,9 @@ run_one_config() {
   if [ "$p" != "$protocols" ]; then  # multi-corpus sets: name unprepared sibling recipes, not a missing dir
     "$python" -m sertk.bin.build_multicorpus --protocols "$p" --data "$data" --list-inputs >/dev/null || return 1
   fi
-  # models another config trained (e.g. SELM's encoder from exp/classifier) are inputs too,
+  # models another config trained (e.g. a student's exp/teacher) are inputs too,
   # and at evaluation their results (e.g. eval.baseline: the relative gain)
-  deps=$(for d in $(grep -oE 'exp/[A-Za-z0-9_.-]+' "$c" | sort -u); do
+  deps=$(for d in $(named_exps "$c" "$action"); do
            [ "$d" != "exp/$tag" ] || continue
            find "$d" -name best.safetensors -not -path '*/checkpoints/*' -not -path '*.old-[0-9]*' 2>/dev/null || true
            if [ "$action" = evaluate ]; then
@@ -197,7 +204,7 @@ run_one_config() {
 }
 
 # run_configs STAGE ACTION CONFIGS: every config of the list, --config-jobs at a time, started in
-# list order. A config that names exp/<tag> of an earlier config in the list starts after it ends
+# list order. A config that reads exp/<tag> of an earlier config in the list (named_exps) starts after it ends
 # (a student after its teacher); each job's lines carry its [tag]; a failure stops the stage once
 # the running configs end.
 run_configs() {
@@ -207,7 +214,7 @@ run_configs() {
     [ -f "$c" ] || { log "stage $num: no such config $c"; exit 1; }
     [ -f "$p" ] || { log "stage $num: no such protocols file $p (in $entry)"; exit 1; }
   done
-  if [ "$config_jobs" -le 1 ]; then
+  if [ "$config_jobs" -le 1 ] || [ "$(wc -w <<< "$configs")" -le 1 ]; then  # a lone config gets every thread
     for entry in $configs; do run_one_config "$num" "$action" "$entry"; done
     return
   fi
@@ -215,7 +222,7 @@ run_configs() {
   local threads=$(( $(nproc) / config_jobs )); [ "$threads" -ge 1 ] || threads=1
   for entry in $configs; do
     c=$(config_of "$entry"); tag=$(basename "$c" .yaml)
-    for t in $(grep -oE 'exp/[A-Za-z0-9_.-]+' "$c" | sed 's#^exp/##' | sort -u); do
+    for t in $(named_exps "$c" "$action" | sed 's#^exp/##'); do
       [ -n "${pid_of[$t]-}" ] || continue
       while kill -0 "${pid_of[$t]}" 2>/dev/null; do wait -n 2>/dev/null || true; done
       [ "$(cat "$rcdir/$t" 2>/dev/null)" = 0 ] || { log "stage $num: $tag waits for $t, which failed"; wait; exit 1; }

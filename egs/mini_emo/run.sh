@@ -19,7 +19,7 @@ cd "$(dirname "$0")"
   --zoo-config conf/zoo.yaml \
   --protocols conf/protocols.yaml \
   --config-jobs 2 \
-  --ser-configs "conf/egemaps_lr.yaml conf/egemaps_lr_spknorm.yaml conf/probe_w2v.yaml conf/probe_wavlm.yaml conf/classifier.yaml conf/selm.yaml" \
+  --ser-configs "conf/classifier.yaml conf/selm.yaml conf/egemaps_lr.yaml conf/egemaps_lr_spknorm.yaml conf/probe_w2v.yaml conf/probe_wavlm.yaml" \
   --icl-configs "conf/icl.yaml" \
   --distill-configs "conf/regressor.yaml conf/teacher.yaml conf/wav2small.yaml conf/wav2small_17k.yaml conf/mobilenetv3_small.yaml" \
   --zsfuse-configs "conf/zsfuse.yaml" \

@@ -126,22 +126,27 @@ class AudioDataset(torch.utils.data.Dataset):
     def durations(self) -> list[float]:
         """Seconds per utterance (after cropping) from headers and segments, without decoding."""
         if self._durations is None:
-            out, cache = [], {}
-            for u in self.utts:
-                path, start, end = self.datadir.audio_source(u)
-                if start is not None:
-                    d = end - start
-                else:
-                    if path not in cache:
-                        try:
-                            info = sf.info(path)
-                        except Exception as e:
-                            raise AudioError(f"utterance {u} ({path}): cannot read audio: {e}") from e
-                        cache[path] = info.frames / info.samplerate
-                    d = cache[path]
-                out.append(min(d, self.max_duration) if self.max_duration is not None else d)
-            self._durations = out
+            self._durations = [min(d, self.max_duration) if self.max_duration is not None else d
+                               for d in source_durations(self.datadir, self.utts)]
         return list(self._durations)
+
+
+def source_durations(datadir: DataDir, utts: Sequence[str]) -> list[float]:
+    """Seconds of each utterance's audio from file headers and segments, without decoding."""
+    out, cache = [], {}
+    for u in utts:
+        path, start, end = datadir.audio_source(u)
+        if start is not None:
+            out.append(end - start)
+            continue
+        if path not in cache:
+            try:
+                info = sf.info(path)
+            except Exception as e:
+                raise AudioError(f"utterance {u} ({path}): cannot read audio: {e}") from e
+            cache[path] = info.frames / info.samplerate
+        out.append(cache[path])
+    return out
 
 
 def collate_audio(items: list[dict]) -> dict:

@@ -40,8 +40,8 @@ from sertk.tasks import TaskContext, reject_unknown
 from sertk.tasks.teacher import collapsed_members, gold_range, load_teacher, scaled_gold, teacher_digest, teacher_info
 from sertk.train.distill import LOSSES, AugmentConfig, DistillDataset, cache_dir, distill_loss, label_with_teacher
 from sertk.train.inference import place, run_model
-from sertk.train.trainer import (Trainer, TrainConfig, chance_level, constant_outputs, default_batches, load_weights,
-                                 verdict)
+from sertk.train.trainer import (Trainer, TrainConfig, bucketed_batches, chance_level, constant_outputs, default_batches,
+                                 load_weights, verdict)
 
 log = logging.getLogger(__name__)
 NAMES = list(AVD_OUTPUTS)
@@ -75,7 +75,7 @@ def check_config(cfg: dict, where: str) -> None:
     if d.get("loss", "ccc") not in LOSSES:
         raise ValueError(f"{where}: distill.loss must be one of {LOSSES}")
     AugmentConfig.from_dict(d.get("augment"))
-    reject_unknown(cfg.get("data") or {}, {"max_duration"}, f"{where}: data")
+    reject_unknown(cfg.get("data") or {}, {"max_duration", "buckets"}, f"{where}: data")
     reject_unknown(cfg.get("eval") or {}, {"batch_size", "bootstrap", "profile_seconds", "gold_range"},
                    f"{where}: eval")
     gold_range(cfg, where)
@@ -99,6 +99,14 @@ def check_teacher(cfg: dict, teacher_dir: Path) -> None:
     raise RuntimeError(f"{teacher_dir}: the teacher did not learn: {'; '.join(bad)}; students distilled from it "
                        f"would learn nothing. Retrain it (another seed, lr or more epochs) or set "
                        f"distill.allow_collapsed_teacher: true")
+
+
+def _batches(cfg: dict, train_cfg: TrainConfig):
+    """``data.buckets`` length-bucketed batches, else shuffled ones; never a batch of one."""
+    buckets = (cfg.get("data") or {}).get("buckets")
+    if buckets:
+        return bucketed_batches(train_cfg.batch_size, train_cfg.seed, int(buckets), min_items=2)
+    return lambda ds, e, r, ws: _no_singletons(ds, e, r, ws, cfg=train_cfg)
 
 
 def _no_singletons(dataset, epoch, rank, world_size, *, cfg: TrainConfig):
@@ -146,7 +154,7 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
                 "constant_outputs": constant_outputs(out)}
 
     summary = Trainer(model, train_set, dev_set, collate_audio, compute_loss, evaluate, train_cfg, ctx.expdir,
-                      batch_sampler_fn=lambda ds, e, r, ws: _no_singletons(ds, e, r, ws, cfg=train_cfg),
+                      batch_sampler_fn=_batches(cfg, train_cfg),
                       **chance_level(train_cfg.select_metric)).fit(resume=True)
     info = {"task": "distill", "student": cfg["student"], "outputs": NAMES, "sample_rate": ctx.sample_rate,
             "teacher": str(_teacher_dir(cfg, split)), "teacher_digest": teacher.info["digest"], "loss": kind,

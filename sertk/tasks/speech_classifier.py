@@ -16,7 +16,7 @@ import yaml
 
 from sertk.common.fileio import write_text_atomic
 from sertk.common.protocol import Split
-from sertk.data.dataset import AudioDataset, collate_audio, make_bucket_batch_sampler
+from sertk.data.dataset import AudioDataset, collate_audio
 from sertk.data.labels import LabelMap
 from sertk.eval.metrics import bootstrap_ci, classification_metrics, regression_metrics
 from sertk.eval.results import write_result
@@ -25,8 +25,8 @@ from sertk.tasks import TaskContext, reject_unknown
 from sertk.train.losses import ccc_loss
 from sertk.train.distributed import env_info
 from sertk.train.inference import place, predict, run_model
-from sertk.train.trainer import (Trainer, TrainConfig, chance_level, constant_outputs, load_weights,
-                                 shard_global_batches, verdict)
+from sertk.train.trainer import (Trainer, TrainConfig, bucketed_batches, chance_level, constant_outputs, load_weights,
+                                 verdict)
 
 log = logging.getLogger(__name__)
 AVD_NAMES = ["arousal", "valence", "dominance"]
@@ -72,21 +72,10 @@ def check_config(cfg: dict, where: str) -> None:
         build_model(cfg, 3)
 
 
-def _bucketing(cfg: dict, train_cfg: TrainConfig):
-    """Length-bucketed batches (less padding), sharded over DDP ranks; None = trainer default."""
-    buckets = cfg.get("data", {}).get("buckets")
-    if not buckets:
-        return None
-    lengths: list[float] = []
-
-    def batches(dataset, epoch, rank, world_size):
-        if not lengths:
-            lengths.extend(dataset.durations())
-        sampler = make_bucket_batch_sampler(dataset, batch_size=train_cfg.batch_size * world_size,
-                                            num_buckets=buckets, seed=train_cfg.seed, epoch=epoch,
-                                            lengths=lengths)
-        return shard_global_batches(sampler, rank, world_size)
-    return batches
+def length_buckets(cfg: dict, train_cfg: TrainConfig):
+    """``data.buckets`` length-bucketed batches (less padding); None = the trainer's default batches."""
+    buckets = (cfg.get("data") or {}).get("buckets")
+    return bucketed_batches(train_cfg.batch_size, train_cfg.seed, int(buckets)) if buckets else None
 
 
 def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
@@ -125,7 +114,7 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     # UAR is scored over the classes present: chance is 1/(classes in the dev set)
     n_dev_classes = None if regression else len(set(dev_set.label_ids))
     trainer = Trainer(model, train_set, dev_set, collate_audio, compute_loss, evaluate, train_cfg, ctx.expdir,
-                      batch_sampler_fn=_bucketing(cfg, train_cfg),
+                      batch_sampler_fn=length_buckets(cfg, train_cfg),
                       **chance_level(train_cfg.select_metric, n_dev_classes))
     summary = trainer.fit(resume=True)
     info = {"task": cfg["task"], "model": cfg["model"], "sample_rate": ctx.sample_rate,

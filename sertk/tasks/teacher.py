@@ -22,7 +22,7 @@ from sertk.eval.metrics import bootstrap_ci, regression_metrics
 from sertk.eval.results import write_result
 from sertk.models.dawn import AVD_OUTPUTS, DawnRegressor, EnsembleTeacher, load_released
 from sertk.tasks import TaskContext, reject_unknown
-from sertk.tasks.speech_classifier import _bucketing
+from sertk.tasks.speech_classifier import length_buckets
 from sertk.train.inference import place, predict, run_model
 from sertk.train.losses import ccc_loss
 from sertk.train.trainer import Trainer, TrainConfig, chance_level, constant_outputs, load_weights, verdict
@@ -117,7 +117,7 @@ def _train_member(cfg: dict, m: dict, split: Split, ctx: TaskContext, outdir: Pa
     tcfg.setdefault("select_mode", "max")
     train_cfg = TrainConfig.from_dict(tcfg)
     summary = Trainer(model, train_set, dev_set, collate_audio, compute_loss, evaluate, train_cfg, outdir,
-                      batch_sampler_fn=_bucketing(cfg, train_cfg),
+                      batch_sampler_fn=length_buckets(cfg, train_cfg),
                       **chance_level(train_cfg.select_metric)).fit(resume=True)
     return {"best_epoch": summary.get("best_epoch"), "best_dev": summary.get("best_metrics"), **verdict(summary)}
 

@@ -25,6 +25,7 @@ import torchaudio.functional as AF
 from sertk.common.fileio import hash_obj, write_text_atomic
 from sertk.data.audio import read_utterance, utterance_sources
 from sertk.data.datadir import DataDir, DataDirError
+from sertk.data.dataset import source_durations
 from sertk.train.inference import run_model
 from sertk.train.losses import ccc_loss
 
@@ -196,6 +197,13 @@ class DistillDataset(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch: int) -> None:  # items are fixed (utt, seed) pairs
         pass
+
+    def durations(self) -> list[float]:
+        """Seconds per item for length bucketing: the source audio after the crop (a speed-perturbed
+        copy is a few percent off, which only moves it within its bucket)."""
+        src = [dict(zip(dd.utts, source_durations(dd, dd.utts))) for dd in self.dirs]
+        cap = self.max_duration if self.max_duration is not None else float("inf")
+        return [min(src[d][u], cap) for d, u, _ in self.items]
 
     def __getitem__(self, i: int) -> dict:
         d, utt, seed = self.items[i]

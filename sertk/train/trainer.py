@@ -54,6 +54,7 @@ from tqdm import tqdm
 from sertk.common.config import ConfigError
 from sertk.common.fileio import atomic_path, move_aside, write_json_atomic
 from sertk.common.logging import FORMAT
+from sertk.data.dataset import make_bucket_batch_sampler
 from sertk.train import distributed as D
 from sertk.train.inference import amp_dtype, autocast, resolve_device, to_device
 
@@ -289,6 +290,30 @@ def default_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 
     order = np.random.default_rng(_seed_seq(seed, "shuffle", epoch)).permutation(n) if shuffle else np.arange(n)
     gb = batch_size * world_size
     return shard_global_batches((order[i:i + gb].tolist() for i in range(0, n, gb)), rank, world_size)
+
+
+def bucketed_batches(batch_size: int, seed: int, num_buckets: int = 5, min_items: int = 1):
+    """A Trainer ``batch_sampler_fn``: length-bucketed batches (less padding), reshuffled per
+    (seed, epoch), each global batch sharded over the DDP ranks. The dataset gives ``durations()``.
+    A global batch with fewer than ``min_items`` per rank joins its neighbour (a CCC loss needs 2)."""
+    lengths: list[float] = []
+
+    def batches(dataset, epoch: int, rank: int, world_size: int) -> list[list[int]]:
+        if not lengths:
+            lengths.extend(dataset.durations())
+        sampler = make_bucket_batch_sampler(dataset, batch_size=batch_size * world_size, num_buckets=num_buckets,
+                                            seed=seed, epoch=epoch, lengths=lengths)
+        merged: list[list[int]] = []
+        for b in sampler:
+            if merged and len(b) < min_items * world_size:
+                merged[-1].extend(b)
+            else:
+                merged.append(list(b))
+        if len(merged) > 1 and len(merged[0]) < min_items * world_size:
+            merged[1][:0] = merged.pop(0)
+        return shard_global_batches(merged, rank, world_size)
+    return batches
+
 
 
 # ---------------------------------------------------------------- the trainer --

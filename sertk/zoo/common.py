@@ -1,12 +1,10 @@
-"""Pieces every zoo trainer shares: in-memory audio items, length-bucketed batches, parameter counts."""
+"""Pieces every zoo trainer shares: in-memory audio items, parameter counts, smoke-size configs."""
 from __future__ import annotations
 
 import copy
 
 import numpy as np
 import torch
-
-from sertk.data.dataset import make_bucket_batch_sampler
 
 
 class MemoryAudioSet(torch.utils.data.Dataset):
@@ -57,16 +55,6 @@ class MemoryAudioSet(torch.utils.data.Dataset):
         for k in self.frame_fields:
             item[k] = item[k][off // self.hop:]
         return item
-
-
-def bucket_batches(batch_size: int, seed: int, num_buckets: int = 5):
-    """A Trainer batch_sampler_fn: batches of similar length (less padding), reshuffled per epoch."""
-    def fn(dataset, epoch, rank, world_size):
-        if world_size != 1:
-            raise RuntimeError("zoo pre-training runs in one process")
-        return make_bucket_batch_sampler(dataset, batch_size=batch_size, num_buckets=num_buckets, seed=seed,
-                                         epoch=epoch).batches
-    return fn
 
 
 def count_params(model: torch.nn.Module) -> int:

@@ -38,8 +38,8 @@ from sertk.eval.metrics import classification_metrics, regression_metrics
 from sertk.models.encoder import disable_layerdrop, frame_lengths, lengths_to_mask, normalize_waveform
 from sertk.tasks import reject_unknown
 from sertk.train.inference import model_device, to_device
-from sertk.train.trainer import Trainer, TrainConfig
-from sertk.zoo.common import MemoryAudioSet, bucket_batches, count_params
+from sertk.train.trainer import Trainer, TrainConfig, bucketed_batches
+from sertk.zoo.common import MemoryAudioSet, count_params
 from sertk.zoo.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,7 @@ def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path) -> di
     objective = Objective(obj, emotions)
     trainer = Trainer(model, train_set, dev_set, _collate, objective.compute_loss,
                       objective.evaluate, tcfg, workdir,
-                      batch_sampler_fn=bucket_batches(tcfg.batch_size, tcfg.seed, int(data.get("buckets", 5))))
+                      batch_sampler_fn=bucketed_batches(tcfg.batch_size, tcfg.seed, int(data.get("buckets", 5))))
     summary = trainer.fit(resume=True)
     trainer.load_best()
     encoder = model.encoder.cpu().eval()
