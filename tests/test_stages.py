@@ -268,6 +268,16 @@ def test_config_jobs_training_does_not_wait_for_a_model_named_only_for_evaluatio
     assert order.index("start conf/selm.yaml threads=1") < order.index("end conf/classifier.yaml")
 
 
+def test_an_evaluation_only_stage_runs_the_first_time_one_config_at_a_time(fake_recipe, repo_root):
+    # stage 9/10 configs have no exp/<tag> of their own before their first evaluation
+    (fake_recipe / "conf" / "z.yaml").write_text("task: zsfuse\n")
+    _ser(fake_recipe, repo_root, "--stop-stage", "2")
+    for jobs in ("1", "2"):
+        r = _ser(fake_recipe, repo_root, "--stage", "9", "--stop-stage", "9", "--zsfuse-configs", "conf/z.yaml",
+                 "--config-jobs", jobs, "--overrides", f"eval.tag={jobs}")
+        assert _ran(r) == ["evaluate_z"], r.stderr[-2000:]
+
+
 def test_redo_retrains_from_scratch_and_the_new_model_is_evaluated_again(fake_recipe, repo_root):
     assert _ran(_ser(fake_recipe, repo_root, "--stop-stage", "4")) == ["data", "egemaps", "tokens", "train_m",
                                                                         "evaluate_m"]

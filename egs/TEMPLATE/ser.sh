@@ -192,7 +192,7 @@ run_one_config() {
          done | sort | tr '\n' ' ')
   # evaluation: this config's own trained runs (a retrained or newly finished model is evaluated again)
   if [ "$action" = evaluate ]; then
-    deps+=" $(find "$exp/$tag" -name run_digest.json -not -path '*.old-[0-9]*' 2>/dev/null | sort | tr '\n' ' ')"
+    deps+=" $({ find "$exp/$tag" -name run_digest.json -not -path '*.old-[0-9]*' 2>/dev/null || true; } | sort | tr '\n' ' ')"
   fi
   # zoo models a config names: a rebuilt zoo model re-runs the stage
   deps+=$(for d in $(grep -oE "(^|[ {:])$zoo/[A-Za-z0-9_.-]+" "$c" | grep -oE "$zoo/[A-Za-z0-9_.-]+" | sort -u); do
