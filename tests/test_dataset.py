@@ -226,6 +226,14 @@ def test_trainer_bucketed_batches_shard_ranks_evenly_and_leave_no_batch_too_smal
     assert Counter(i for r in ranks for b in r for i in b) == Counter(range(len(ds)))
 
 
+def test_small_batches_join_a_neighbour_in_order():
+    from sertk.train.trainer import merge_small_batches
+    assert merge_small_batches([[0], [1, 2, 3]], 2) == [[0, 1, 2, 3]]
+    assert merge_small_batches([[0], [1, 2], [3, 4]], 2) == [[0, 1, 2], [3, 4]]
+    assert merge_small_batches([[0, 1], [2], [3, 4], [5]], 2) == [[0, 1, 2], [3, 4, 5]]
+    assert merge_small_batches([[0]], 2) == [[0]]
+
+
 def test_dataloader_end_to_end(tmp_path):
     ds = AudioDataset(_varied_dir(tmp_path, n=24), 16000, LM)
     sampler = make_bucket_batch_sampler(ds, max_batch_seconds=10.0, num_buckets=3, shuffle=False)

@@ -303,16 +303,23 @@ def bucketed_batches(batch_size: int, seed: int, num_buckets: int = 5, min_items
             lengths.extend(dataset.durations())
         sampler = make_bucket_batch_sampler(dataset, batch_size=batch_size * world_size, num_buckets=num_buckets,
                                             seed=seed, epoch=epoch, lengths=lengths)
-        merged: list[list[int]] = []
-        for b in sampler:
-            if merged and len(b) < min_items * world_size:
-                merged[-1].extend(b)
-            else:
-                merged.append(list(b))
-        if len(merged) > 1 and len(merged[0]) < min_items * world_size:
-            merged[1][:0] = merged.pop(0)
-        return shard_global_batches(merged, rank, world_size)
+        return shard_global_batches(merge_small_batches(sampler, min_items * world_size), rank, world_size)
     return batches
+
+
+def merge_small_batches(batches: Iterable[Sequence[int]], min_size: int) -> list[list[int]]:
+    """Batches in order, each one smaller than ``min_size`` joined to its predecessor (the first to its
+    successor); a lone batch stays as it is."""
+    merged: list[list[int]] = []
+    for b in batches:
+        if merged and len(b) < min_size:
+            merged[-1].extend(b)
+        else:
+            merged.append(list(b))
+    if len(merged) > 1 and len(merged[0]) < min_size:
+        first = merged.pop(0)
+        merged[0][:0] = first
+    return merged
 
 
 
