@@ -64,3 +64,12 @@ def reject_unknown(section: dict, allowed: set[str], where: str) -> None:
     unknown = set(section) - allowed
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+
+def label_map_of(cfg: dict, split, task: str):
+    """The config's ``label_map``, else the protocol's; a clear error when neither names one."""
+    from sertk.data.labels import LabelMap
+    path = cfg.get("label_map") or split.label_map
+    if not path:
+        raise ValueError(f"{task} needs a label map (protocols.yaml 'label_map' or config 'label_map')")
+    return LabelMap.load(path)

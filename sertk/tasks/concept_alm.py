@@ -38,11 +38,10 @@ from sertk.common.fileio import write_text_atomic
 from sertk.common.protocol import Split
 from sertk.data.audio import read_utterance
 from sertk.data.datadir import DataDir
-from sertk.data.labels import LabelMap
 from sertk.eval.metrics import bootstrap_ci, classification_metrics
 from sertk.eval.results import write_result
 from sertk.features import concept_tokens as ct
-from sertk.tasks import TaskContext, reject_unknown
+from sertk.tasks import TaskContext, label_map_of, reject_unknown
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +176,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
     from sertk.eval.plots import plot_confusion
     from sertk.models.generative_alm import GenerativeALM, emotion_prompt, parse_answer
 
-    labels_map = LabelMap.load(cfg.get("label_map") or split.label_map)
+    labels_map = label_map_of(cfg, split, "concept_alm")
     labels = list(labels_map.labels)
     answers = _answers(cfg, labels)
     prompt = cfg.get("prompt") or {}

@@ -19,11 +19,10 @@ from sklearn.preprocessing import StandardScaler
 from sertk.common.fileio import atomic_path, write_text_atomic
 from sertk.common.protocol import Split
 from sertk.data.datadir import DataDir
-from sertk.data.labels import LabelMap
 from sertk.eval.metrics import bootstrap_ci, classification_metrics, regression_metrics
 from sertk.eval.results import write_result
 from sertk.features.store import feats_matrix
-from sertk.tasks import TaskContext, reject_unknown
+from sertk.tasks import TaskContext, label_map_of, reject_unknown
 
 log = logging.getLogger(__name__)
 AVD_NAMES = ["arousal", "valence", "dominance"]
@@ -116,7 +115,7 @@ def check_config(cfg: dict, where: str) -> None:
 
 def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     m = cfg.get("model", {})
-    labels = LabelMap.load(cfg.get("label_map") or split.label_map)
+    labels = label_map_of(cfg, split, "egemaps_linear")
     d, utts, x = load_set(ctx, split.train, m.get("speaker_norm", False))
     y = np.array([labels.index(labels.canonical(d.utt2emo[u])) for u in utts])
     arrays = fit_logreg(x, y, m.get("clip", 5.0), C=m.get("C", 1.0), max_iter=m.get("max_iter", 5000),
@@ -140,7 +139,7 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
 
 def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
     m = cfg.get("model", {})
-    labels = LabelMap.load(cfg.get("label_map") or split.label_map)
+    labels = label_map_of(cfg, split, "egemaps_linear")
     z = np.load(ctx.expdir / "model.npz")
     written = []
     for test in split.tests:

@@ -35,7 +35,6 @@ from sertk.common.fileio import write_text_atomic
 from sertk.common.protocol import Split
 from sertk.data.dataset import AudioDataset
 from sertk.data.episodes import CONDITIONS, Episode, EpisodeSampler, enrolment_draws, group_by_speaker
-from sertk.data.labels import LabelMap
 from sertk.eval.kcurve import markdown_table, plot_kcurve, summarise, write_tsv
 from sertk.eval.metrics import bootstrap_ci, classification_metrics, scores_from_confusion
 from sertk.eval.results import write_result
@@ -45,7 +44,7 @@ from sertk.models.causal_lm import build_causal_lm
 from sertk.models.icl import EpisodeTemplate, ICLSpeechLM
 from sertk.models.personal_baselines import METHODS as BASELINE_METHODS, PersonalBaselines
 from sertk.models.text_tokenizer import HFTokenizer, SentencePieceTokenizer, TextTokenizer, load_tokenizer
-from sertk.tasks import TaskContext, reject_unknown
+from sertk.tasks import TaskContext, label_map_of, reject_unknown
 from sertk.train.inference import model_device, place, resolve_device, to_device
 from sertk.train.trainer import Trainer, TrainConfig, chance_level, load_weights, verdict
 
@@ -142,10 +141,7 @@ class _Env:
 
     def __init__(self, cfg: dict, split: Split, ctx: TaskContext):
         self.cfg, self.split, self.ctx = cfg, split, ctx
-        path = cfg.get("label_map") or split.label_map
-        if not path:
-            raise ValueError("icl needs a label map (protocols.yaml 'label_map' or config 'label_map')")
-        self.labels = LabelMap.load(path)
+        self.labels = label_map_of(cfg, split, "icl")
         self.spec = {**cfg["model"]["encoder"], "freeze": True}  # as SELM's and the probes': one cache entry
         self.encoder, self.digest = frozen_encoder(self.spec, int((cfg.get("train") or {}).get("seed", 0)))
         self.data_cfg = cfg.get("data") or {}

@@ -32,7 +32,7 @@ from sertk.data.labels import LabelMap
 from sertk.eval.metrics import classification_metrics
 from sertk.features.embedding_cache import encoder_features, frozen_encoder
 from sertk.models.heads import build_pooling
-from sertk.tasks import TaskContext, reject_unknown
+from sertk.tasks import TaskContext, label_map_of, reject_unknown
 from sertk.tasks.egemaps_linear import fit_logreg, logreg_predict, speaker_normalize, standardize, write_classification
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def _seed(cfg: dict) -> int:
 
 
 def _labels(cfg: dict, split: Split) -> LabelMap:
-    return LabelMap.load(cfg.get("label_map") or split.label_map)
+    return label_map_of(cfg, split, "probe")
 
 
 class _Features:

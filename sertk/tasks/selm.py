@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader
 from sertk.common.fileio import write_text_atomic
 from sertk.common.protocol import Split
 from sertk.data.dataset import AudioDataset, collate_audio
-from sertk.data.labels import LabelMap
 from sertk.eval.metrics import bootstrap_ci, classification_metrics
 from sertk.eval.results import load_result, write_result
 from sertk.features.embedding_cache import encoder_features, frozen_encoder
@@ -37,7 +36,7 @@ from sertk.models.encoder import SpeechEncoder
 from sertk.models.selm import SELM, build_lm, encode_example
 from sertk.models.text_tokenizer import HFTokenizer, SentencePieceTokenizer, TextTokenizer, load_tokenizer
 from sertk.models.views import LEVELS, SENTIMENTS, VIEW_NAMES, View, make_views, map_gold, view_values
-from sertk.tasks import TaskContext, reject_unknown
+from sertk.tasks import TaskContext, label_map_of, reject_unknown
 from sertk.train.inference import amp_dtype, autocast, model_device, place, to_device
 from sertk.train.trainer import Trainer, TrainConfig, chance_level, load_weights, seed_everything, verdict
 
@@ -232,10 +231,7 @@ class _Env:
 
     def __init__(self, cfg: dict, split: Split, ctx: TaskContext):
         self.cfg, self.split, self.ctx = cfg, split, ctx
-        path = cfg.get("label_map") or split.label_map
-        if not path:
-            raise ValueError("selm needs a label map (protocols.yaml 'label_map' or config 'label_map')")
-        self.labels = LabelMap.load(path)
+        self.labels = label_map_of(cfg, split, "selm")
         self.mapping = dict((cfg.get("eval") or {}).get("label_mapping") or {})
         self.encoder, self.encoder_spec, self.weights_digest = build_encoder(cfg, split)
         d = cfg.get("data") or {}

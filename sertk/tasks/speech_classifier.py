@@ -21,7 +21,7 @@ from sertk.data.labels import LabelMap
 from sertk.eval.metrics import bootstrap_ci, classification_metrics, regression_metrics
 from sertk.eval.results import write_result
 from sertk.models.classifier import SpeechClassifier
-from sertk.tasks import TaskContext, reject_unknown
+from sertk.tasks import TaskContext, label_map_of, reject_unknown
 from sertk.train.losses import ccc_loss
 from sertk.train.distributed import env_info
 from sertk.train.inference import place, predict, run_model
@@ -39,10 +39,7 @@ def _is_regression(cfg: dict) -> bool:
 def _labels(cfg: dict, split: Split, ctx: TaskContext) -> LabelMap | None:
     if _is_regression(cfg):
         return None
-    path = cfg.get("label_map") or split.label_map
-    if not path:
-        raise ValueError("classifier needs a label map (protocols.yaml 'label_map' or config 'label_map')")
-    return LabelMap.load(path)
+    return label_map_of(cfg, split, "classifier")
 
 
 def build_model(cfg: dict, num_outputs: int) -> SpeechClassifier:
