@@ -1,4 +1,5 @@
-"""Frozen-encoder feature cache: equals the encoder, streams to shards, reuses, survives interruption, reads lazily."""
+"""Frozen-encoder feature cache: equals the encoder on each utterance alone (whatever filled the store),
+streams to shards, reuses, survives interruption, reads lazily."""
 from __future__ import annotations
 
 import json
@@ -58,7 +59,7 @@ def _store_dir(tmp_path):
 
 
 def _batched_reference(enc, dataset, batch_size=2):
-    """The cache's former in-RAM computation: length-sorted batches, valid frames per utterance."""
+    """The cache's former computation: length-sorted batches, valid frames per utterance."""
     order = sorted(range(len(dataset)), key=lambda i: dataset.durations()[i])
     out = {}
     with torch.no_grad():
@@ -69,24 +70,61 @@ def _batched_reference(enc, dataset, batch_size=2):
     return out
 
 
+def _alone_reference(enc, dataset):
+    """The encoder on each utterance alone: what the cache must hold, bit for bit."""
+    out = {}
+    with torch.no_grad():
+        for i, u in enumerate(dataset.utts):
+            feats, n = enc(dataset[i]["wav"][None], torch.tensor([len(dataset[i]["wav"])]))
+            out[u] = feats[0, :int(n[0])]
+    return out
+
+
 def test_cache_equals_encoder_outputs(tmp_path, encoder, dataset):
     feats = _entry(tmp_path, encoder, dataset, shard_bytes=1)  # one shard per batch
     enc, _ = encoder
     assert list(feats) == dataset.utts and len(feats) == len(SECONDS)
-    ref = _batched_reference(enc, dataset)
-    for i, u in enumerate(dataset.utts):
+    alone, batched = _alone_reference(enc, dataset), _batched_reference(enc, dataset)
+    for u in dataset.utts:
         assert feats[u].dtype == torch.float32 and feats[u].shape[1] == enc.hidden_size
-        assert torch.equal(feats[u], ref[u]), u  # bit-identical to the former in-RAM cache
-        with torch.no_grad():  # and to the encoder on the utterance alone, up to padding's rounding
-            alone, n = enc(dataset[i]["wav"][None], torch.tensor([len(dataset[i]["wav"])]))
-        torch.testing.assert_close(feats[u], alone[0, :int(n[0])], atol=1e-5, rtol=1e-4)
+        assert torch.equal(feats[u], alone[u]), u  # bit-identical to the encoder on the utterance alone
+        torch.testing.assert_close(feats[u], batched[u], atol=1e-5, rtol=1e-4)  # batches: padding's rounding
     d, store = _entry_dir(tmp_path), _store_dir(tmp_path)
     assert d.parent == store.parent  # one store per encoder setting, each set an index into it
     index = json.loads((d / ec.INDEX).read_text())
     assert index["format"] == ec.FORMAT and index["utterances"] == len(SECONDS)
+    assert index["device"] == "cpu" and index["encoder_batch"] == 1  # cache_batch_size 2: a GPU setting
     assert list(index["utts"]) == dataset.utts and all((store / s).is_file() for s, _ in index["utts"].values())
-    assert len(index["shards"]) == 5 == len(list(store.glob(ec.SHARD_GLOB)))  # 9 utterances, batches of 2
+    assert len(index["shards"]) == 9 == len(list(store.glob(ec.SHARD_GLOB)))  # 9 utterances, one at a time
     assert not list(d.glob(ec.SHARD_GLOB))
+
+
+def _subset(dataset, root, name, idx):
+    """A data dir over some of ``dataset``'s audio files (the same content keys), in id order."""
+    dataset.datadir.subset([dataset.utts[i] for i in idx]).write(root / name)
+    return AudioDataset(root / name, label_map=None, targets=())
+
+
+def test_a_stored_tensor_does_not_depend_on_what_filled_the_store(tmp_path, encoder, dataset):
+    """Issue 20: two sets sharing utterances, filled in either order, by jobs with other cache_batch_size
+    settings (SELM's and a probe's), give every utterance the tensors of a store filled with it alone."""
+    enc, digest = encoder
+    first, second = _subset(dataset, tmp_path, "first", range(0, 6)), _subset(dataset, tmp_path, "second", range(3, 9))
+
+    def fill(root, *sets):
+        out = {}
+        for (ds, batch) in sets:
+            view = ec.encoder_features(tmp_path / root, enc, SPEC, digest, ds, ds.datadir.path.name,
+                                       batch_size=batch, device="cpu")
+            out.update({u: view[u] for u in view})
+        return out
+
+    one = fill("one", (first, 8), (second, 3))
+    other = fill("other", (second, 16), (first, 2))
+    alone = {u: fill(f"alone_{u}", (_subset(dataset, tmp_path / "single", u, [i]), 8))[u]
+             for i, u in enumerate(dataset.utts)}
+    for u in dataset.utts:
+        assert torch.equal(one[u], alone[u]) and torch.equal(other[u], alone[u]), u
 
 
 def test_second_call_reuses_without_the_encoder(tmp_path, encoder, dataset, monkeypatch):
@@ -130,7 +168,7 @@ def test_interrupted_run_is_never_complete_and_the_next_keeps_its_shards(tmp_pat
     monkeypatch.setattr(ec, "compute_features", spy)
     feats = _entry(tmp_path, encoder, dataset, shard_bytes=1)
     assert skipped[0] == {key2utt[k] for keys in kept.values() for k in keys}  # kept shards are not computed again
-    ref = _batched_reference(encoder[0], dataset)
+    ref = _alone_reference(encoder[0], dataset)
     assert list(feats) == dataset.utts and all(torch.equal(feats[u], ref[u]) for u in dataset.utts)
     assert json.loads((d / ec.INDEX).read_text())["utterances"] == len(SECONDS)
 

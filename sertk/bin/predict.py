@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sertk.common.entry import base_parser
 from sertk.common.fileio import write_text_atomic
 from sertk.data.datadir import read_table
 from sertk.export.serve import Predictions, ServeError, load_predictor
@@ -52,8 +53,8 @@ def write_predictions(out: Path, p: Predictions) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="sertk predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = base_parser(__doc__)  # --threads, as every entry point; --config and --set are refused below
+    p.prog, p.description, p.formatter_class = "sertk predict", __doc__, argparse.RawDescriptionHelpFormatter
     p.add_argument("--model", required=True,
                    help="trained split dir (exp/<config>/<protocol>[/fold<k>]: has model.yaml) or an .onnx file")
     src = p.add_mutually_exclusive_group(required=True)
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None,
                    help="files per batch (default: the model's evaluation batch size)")
     args = p.parse_args(argv)
+    if args.config or args.overrides:
+        p.error("--config/--set: a model is served with the config it was trained with (its split dir's)")
     out = Path(args.out)
     files = read_table(Path(args.wav_scp)) if args.wav_scp else list_audio_dir(Path(args.audio_dir))
     speakers = read_table(Path(args.utt2spk)) if args.utt2spk else None

@@ -3,6 +3,8 @@
 A split resumes only a run with the same run digest (config, data, code);
 any other run in its dir, or every run with --fresh, is moved aside to
 <dir>.old-<n> and training starts from scratch (sertk.tasks.runner).
+It runs on --threads CPU threads (default 1), part of the run digest: a model
+trained on another count is another run.
 """
 import sys
 

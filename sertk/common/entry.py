@@ -2,7 +2,9 @@
 
 Every experiment directory gets ``run.sh`` (re-runs exactly the command that
 made it) and ``config.yaml`` (the resolved config after overrides), so a
-result can always be traced back to what produced it.
+result can always be traced back to what produced it. Every entry point runs
+on the CPU threads its ``--threads`` names (default 1, sertk.common.threads),
+set when its options are parsed.
 """
 from __future__ import annotations
 
@@ -15,14 +17,29 @@ from pathlib import Path
 from sertk.common.config import dump_yaml, load_config
 from sertk.common.fileio import write_text_atomic
 from sertk.common.logging import setup_logging
+from sertk.common.threads import DEFAULT as DEFAULT_THREADS, set_threads, thread_count
+
+
+class EntryParser(argparse.ArgumentParser):
+    """An entry point's options; parsing them sets the process's thread count (``--threads``), so no
+    code path runs on a count other than the one the command line (and so run.sh) records."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        set_threads(ns.threads)
+        return ns, rest
 
 
 def base_parser(description: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=(description or "").strip().splitlines()[0] if description else None,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = EntryParser(description=(description or "").strip().splitlines()[0] if description else None,
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="YAML config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set train.lr=1e-4 (repeatable)")
+    p.add_argument("--threads", type=thread_count, default=DEFAULT_THREADS, metavar="N",
+                   help="CPU threads this job computes with, whatever else runs (a recipe's --job-threads); "
+                        "recorded in results.json and the run digest: figures can differ in the last bits "
+                        "between thread counts")
     return p
 
 

@@ -3,7 +3,9 @@
 A figure is only comparable with another computed under the same protocol
 (corpus, training and test sets, split or fold scheme, label map), so every
 record carries that protocol and an id derived from it; the stage-11 report
-prints the id beside each figure and aggregates folds by it.
+prints the id beside each figure and aggregates folds by it. A record also
+names the CPU thread count it was computed with (``threads``): figures of
+another count can differ in the last digits (sertk.common.threads).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 
 import sertk
 from sertk.common.fileio import hash_obj, is_moved_aside, write_json_atomic
+from sertk.common.threads import current_threads
 
 REQUIRED_PROTOCOL_KEYS = ("corpus", "train", "test", "scheme", "label_map")
 REQUIRED_FIELDS = ("stage", "name", "task", "protocol", "protocol_id", "metrics")
@@ -102,6 +105,7 @@ def write_result(path, *, stage: int, name: str, task: str, protocol: dict, metr
         "labels": list(labels) if labels is not None else None,
         "confusion": confusion,
         "extra": extra or {},
+        "threads": current_threads(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sertk_version": sertk.__version__,
     }

@@ -275,9 +275,9 @@ def plan_parts(tasks: list[SetTask], nj: int, force: bool, min_utts_per_job: int
 
 
 def _init_worker() -> None:
-    import torch
+    from sertk.common.threads import set_threads
 
-    torch.set_num_threads(1)  # one process per job already uses the cores
+    set_threads(1)  # one process per job already uses the cores
 
 
 def run_parts(parts: list[tuple[Path, list[Source]]], nj: int, sample_rate: int) -> dict[Path, dict[str, str]]:

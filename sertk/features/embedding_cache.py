@@ -10,8 +10,8 @@ so the train/dev/test sets of every fold share one computation of each
 utterance, and a replaced or re-segmented file gets a new key and is computed
 again::
 
-    dump/encoder_feats/<key>/shards/shard-<h>.safetensors  # content key -> [T, D] float32, ~SHARD_BYTES per file
-    dump/encoder_feats/<key>/<set>/index.json              # written last: utt -> [shard, content key], what the key is
+    dump/encoder_feats/<store>/shards/shard-<h>.safetensors  # content key -> [T, D] float32, ~SHARD_BYTES per file
+    dump/encoder_feats/<store>/<set>/index.json              # written last: utt -> [shard, content key], what the key is
 
 The cache scales with the data, not with RAM: features stream to disk a shard
 at a time while the encoder runs (at most one shard is buffered), and the
@@ -23,9 +23,17 @@ shard, so an interrupted run never leaves an index that reads as complete;
 the next run keeps the shards already written and computes only the rest
 (only utterances whose content key no shard holds are ever computed).
 
-The encoder runs on the GPU when there is one (``resolve_device("auto")``)
-in float32, batched by length; the features do not depend on the batch (the
-encoder masks padding), so CPU results equal a direct call of the encoder.
+A stored tensor is a function of its utterance and the store alone, never of
+the job that filled the store: on CPU the encoder runs on one utterance at a
+time (``encoder_batch``), since inside a batch an utterance's values move by
+~1e-6 with its padding and its companions -- which depend on which set, so
+which job, filled the store first -- and that moved figures. The store is
+named by the key (``cache_key``) on CPU. The encoder runs on the GPU when
+there is one (``resolve_device("auto")``) in float32; there a config's
+``cache_batch_size`` batches utterances by length for speed, in a store of its
+own (``<key>-cuda-b<N>``: GPU values are not CPU values), whose values then
+depend (~1e-6) on which utterances shared a batch; ``cache_batch_size: 1``
+(the default) makes GPU figures independent of job order too.
 
 ``frozen_encoder`` builds the encoder and the weights digest the key needs and
 ``encoder_features`` reads (or fills) the store: SELM and the linear probe
@@ -55,7 +63,8 @@ from sertk.models.encoder import SpeechEncoder
 from sertk.train.inference import length_sorted_batches, model_device, resolve_device, to_device
 
 log = logging.getLogger(__name__)
-FORMAT = 3  # 1: one feats.safetensors + meta.json per set; 2: shards + index.json per set; 3: shared store
+FORMAT = 4  # 1: one feats.safetensors + meta.json per set; 2: shards + index.json per set; 3: shared store;
+#            4: each utterance computed alone on CPU (format-3 stores hold batched values: not reused)
 SHARD_BYTES = 128 << 20  # RAM buffered while caching is at most about one shard (plus one batch)
 OPEN_SHARDS = 4  # file handles a reader keeps
 INDEX = "index.json"
@@ -73,25 +82,39 @@ def cache_key(encoder_spec: dict, weights_digest: str | None, sample_rate: int, 
                      "max_duration": max_duration, "format": FORMAT})[:16]
 
 
+def encoder_batch(batch_size: int, device: torch.device) -> int:
+    """Utterances per encoder call: one on CPU (values independent of what else the store was filled
+    with); on a GPU ``batch_size`` (a config's ``cache_batch_size``), for speed."""
+    return 1 if device.type == "cpu" else max(1, int(batch_size))
+
+
+def store_name(key: str, device: torch.device, batch: int) -> str:
+    """The store of ``key`` on ``device`` at ``batch`` utterances per call: the key itself on CPU
+    (one at a time); elsewhere the device and the batch name it too (their values differ)."""
+    return key if device.type == "cpu" else f"{key}-{device.type}-b{batch}"
+
+
 # ------------------------------------------------------------------ compute --
 
 
-def compute_features(encoder: torch.nn.Module, dataset: AudioDataset, batch_size: int = 8,
+def compute_features(encoder: torch.nn.Module, dataset: AudioDataset, batch_size: int = 1,
                      device: str | torch.device | None = None, skip: Iterable[str] = (),
                      num_workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     """Per batch, utt -> [frames, dim] float32 CPU features of a (frozen) SpeechEncoder over ``dataset``.
 
-    Batches are cut in length order (little padding) over the whole set, so a
-    restart that ``skip``s the utterances already stored runs the same batches
-    as an uninterrupted run. They run longest first: in ascending order every
-    batch needs more memory than any before it and the allocator's heap (so the
+    A batch holds ``encoder_batch(batch_size, device)`` utterances: one on CPU,
+    so an utterance's features are the encoder's on it alone. On a GPU batches
+    are cut in length order (little padding) over the whole set, so a restart
+    that ``skip``s the utterances already stored runs the same batches as an
+    uninterrupted run. They run longest first: in ascending order every batch
+    needs more memory than any before it and the allocator's heap (so the
     process's RSS) grows with the set; descending, later batches reuse the
     space. The encoder runs on ``device`` (default: the GPU when there is one)
     and is moved back where it was when the iterator ends.
     """
     dev = resolve_device("auto") if device is None else torch.device(device)
     skip = frozenset(skip)
-    batches = [b for b in reversed(length_sorted_batches(dataset.durations(), max(1, int(batch_size))))
+    batches = [b for b in reversed(length_sorted_batches(dataset.durations(), encoder_batch(batch_size, dev)))
                if any(dataset.utts[i] not in skip for i in b)]
     if not batches:
         return
@@ -289,11 +312,19 @@ def _write_index(d: Path, utt2loc: dict[str, tuple[str, str]], set_name: str, ke
 
 
 def cached_features(root: str | Path, key: str, set_name: str, encoder: torch.nn.Module, dataset: AudioDataset,
-                    meta: dict | None = None, batch_size: int = 8, device: str | torch.device | None = None,
+                    meta: dict | None = None, batch_size: int = 1, device: str | torch.device | None = None,
                     shard_bytes: int = SHARD_BYTES) -> ShardedFeatures:
-    """Features of ``dataset`` (lazy, dataset order) from the store ``root/key/shards``, viewed through
-    ``root/key/set_name/index.json``; utterances the store lacks are computed and stored first."""
-    store, d = Path(root) / key / SHARDS, Path(root) / key / set_name
+    """Features of ``dataset`` (lazy, dataset order) from the store ``root/<store>/shards``, viewed through
+    ``root/<store>/set_name/index.json``; utterances the store lacks are computed and stored first.
+
+    ``<store>`` is :func:`store_name` of ``key`` on the device the encoder runs on (``device``; default
+    the GPU when there is one) at ``encoder_batch(batch_size)`` utterances per call.
+    """
+    dev = resolve_device("auto") if device is None else torch.device(device)
+    batch = encoder_batch(batch_size, dev)
+    name = store_name(key, dev, batch)
+    store, d = Path(root) / name / SHARDS, Path(root) / name / set_name
+    meta = {**(meta or {}), "device": dev.type, "encoder_batch": batch}
     utt2key = {s.utt: s.key for s in utterance_sources(dataset.datadir)}
     index = _read_index(d, store)
     if index is not None:
@@ -302,10 +333,27 @@ def cached_features(root: str | Path, key: str, set_name: str, encoder: torch.nn
             log.info("encoder features of %s: reusing %s", set_name, d)
             return ShardedFeatures(store, index, dataset.utts)
         log.info("%s: %d utterance(s) new or changed (e.g. %s): updating", d / INDEX, len(stale), stale[0])
-    key2shard = _fill(store, encoder, dataset, utt2key, batch_size, device, shard_bytes)
+    key2shard = _fill(store, encoder, dataset, utt2key, batch, dev, shard_bytes)
     utt2loc = {u: (key2shard[utt2key[u]], utt2key[u]) for u in dataset.utts}
-    _write_index(d, utt2loc, set_name, key, meta)
+    _write_index(d, utt2loc, set_name, name, meta)
     return ShardedFeatures(store, utt2loc, dataset.utts)
+
+
+def frame_stats(frames: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std over every frame of ``frames`` ([T, D] tensors, e.g. a training set's cached
+    features), accumulated in float64 in the order given: the statistics a trained projector standardises
+    frozen features with."""
+    n, total, squares = 0, None, None
+    for f in frames:
+        f = f.double()
+        total = f.sum(0) if total is None else total + f.sum(0)
+        squares = (f * f).sum(0) if squares is None else squares + (f * f).sum(0)
+        n += f.shape[0]
+    if not n:
+        raise ValueError("frame_stats: no frames")
+    mean = total / n
+    var = (squares / n - mean * mean).clamp(min=0) * n / max(n - 1, 1)
+    return mean.float(), var.sqrt().float()
 
 
 # ------------------------------------------------------------------ encoder --
@@ -348,9 +396,10 @@ def frozen_encoder(spec: dict, seed: int = 0, weights: str | Path | None = None)
 
 
 def encoder_features(root: str | Path, encoder: torch.nn.Module, spec: dict, weights_digest: str | None,
-                     dataset: AudioDataset, set_name: str, batch_size: int = 8,
+                     dataset: AudioDataset, set_name: str, batch_size: int = 1,
                      device: str | torch.device | None = None, shard_bytes: int = SHARD_BYTES) -> ShardedFeatures:
-    """``cached_features`` of a frozen encoder over a data dir's dataset, in the store of these encoder settings."""
+    """``cached_features`` of a frozen encoder over a data dir's dataset, in the store of these encoder
+    settings (``batch_size``: a config's ``cache_batch_size``, used on a GPU only)."""
     key = cache_key(spec, weights_digest, dataset.sample_rate, dataset.max_duration)
     meta = {"encoder": spec, "weights_sha256": weights_digest, "sample_rate": dataset.sample_rate,
             "max_duration": dataset.max_duration, "data": str(dataset.datadir.path)}

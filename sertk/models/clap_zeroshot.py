@@ -21,7 +21,11 @@ frame in numpy, too slow to score every utterance on 2 CPU cores; a test pins
 the two to the same features. Checkpoints with feature fusion (``truncation:
 fusion``) go through the extractor itself, seeded. Audio embeddings are cached
 per utterance content in the shared embedding store
-(``sertk.features.embedding_cache``), text embeddings per prompt string.
+(``sertk.features.embedding_cache``), text embeddings per prompt string
+(``text-<weights>.json``; off the CPU the device names it too). As the store
+does for audio on CPU, each prompt is embedded alone: in a padded batch a
+prompt's values move (~1e-7) with its batch mates, so a stored value would
+depend on which prompts the job that filled the file first asked for.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from sertk.common.fileio import atomic_path
 log = logging.getLogger(__name__)
 ENSEMBLES = ("single", "embedding", "score")
 TEXT_MODES = ("word", "prompt")
+TEXT_FORMAT = 2  # 1: prompts embedded in padded batches (values depended on the batch); 2: one prompt at a time
 
 
 # ------------------------------------------------------------- amplification --
@@ -187,6 +192,7 @@ class ClapZeroShot:
                  cache_dir: str | Path | None = None, device: str = "auto"):
         from transformers import ClapModel, ClapProcessor
 
+        from sertk.features.embedding_cache import store_name
         from sertk.train.inference import resolve_device
         kw = {"revision": revision} if revision else {}
         self.name = str(name_or_path)
@@ -200,10 +206,14 @@ class ClapZeroShot:
         self.digest = weights_digest(self.model)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._text: dict[str, np.ndarray] = {}
-        self._text_file = self.cache_dir / f"text-{self.digest[:16]}.json" if self.cache_dir else None
+        self._text_file = (self.cache_dir / f"{store_name(f'text-{self.digest[:16]}', self.device, 1)}.json"
+                           if self.cache_dir else None)
         if self._text_file and self._text_file.is_file():
             stored = json.loads(self._text_file.read_text())
-            self._text = {k: np.asarray(v, dtype=np.float32) for k, v in stored.items()}
+            if stored.get("format") == TEXT_FORMAT:
+                self._text = {k: np.asarray(v, dtype=np.float32) for k, v in stored["prompts"].items()}
+            else:
+                log.info("%s: batched prompt embeddings (an older format): computing them again", self._text_file)
 
     @property
     def sample_rate(self) -> int:
@@ -234,22 +244,22 @@ class ClapZeroShot:
                 out.append(emb(wav.to(self.device), lengths)[0][:, 0].cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.projection_dim), np.float32)
 
-    def text_embeddings(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """[N, D] normalised embeddings of prompt strings, each computed once (and stored with the cache)."""
+    def text_embeddings(self, texts: list[str]) -> np.ndarray:
+        """[N, D] normalised embeddings of prompt strings, each computed once and alone (a function of the
+        prompt and the model, whatever else a job asks for), and stored with the cache."""
         todo = [t for t in dict.fromkeys(texts) if t not in self._text]
         if todo:
             self.model.eval()
             tok = self.processor.tokenizer
             with torch.no_grad():
-                for i in range(0, len(todo), batch_size):
-                    chunk = todo[i:i + batch_size]
-                    enc = tok(chunk, padding=True, truncation=True, return_tensors="pt").to(self.device)
-                    e = self.model.get_text_features(**enc).pooler_output.float().cpu().numpy()
-                    self._text.update(zip(chunk, e))
+                for t in todo:
+                    enc = tok([t], truncation=True, return_tensors="pt").to(self.device)
+                    self._text[t] = self.model.get_text_features(**enc).pooler_output.float().cpu().numpy()[0]
             if self._text_file:
                 self._text_file.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(self._text_file) as tmp:
-                    Path(tmp).write_text(json.dumps({k: v.tolist() for k, v in self._text.items()}))
+                    Path(tmp).write_text(json.dumps({"format": TEXT_FORMAT, "device": self.device.type,
+                                                     "prompts": {k: v.tolist() for k, v in self._text.items()}}))
         return np.stack([self._text[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
 
 

@@ -6,14 +6,16 @@ config without the keys that cannot change the model (``eval``, ``fewshot``,
 ``train.progress/log_interval/num_workers/keep_checkpoints``), the split and
 its label map, the data dirs it trains on (content), the sample rate, the
 models and files the config names (a teacher's or encoder's own run digest),
-and the code (sertk version, task module source) -- is compared with the one
+the CPU thread count (float results of another count differ in the last bits,
+so a model trained on another is another model) and the code (sertk version,
+task module source) -- is compared with the one
 recorded in ``<expdir>/run_digest.json``. The same digest resumes (an
 interrupted run continues exactly; a finished one has nothing left to do).
 Any difference, or ``--fresh``, moves the split's dir aside to
 ``<expdir>.old-<n>`` (kept, never deleted; a teacher's members and SELM's
 few-shot runs live inside it) and trains from scratch; the log names what
-changed. Evaluation refuses a model trained under other settings or data (other code only
-draws a warning).
+changed. Evaluation refuses a model trained under other settings or data (other code, or
+another thread count, only draws a warning: the model is what it was).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from pathlib import Path
 import sertk
 from sertk.common.fileio import hash_obj, listing_digest, move_aside, sha256_file, write_json_atomic
 from sertk.common.stage import digest_inputs
+from sertk.common.threads import current_threads
 from sertk.tasks import TaskContext, get_task
 
 RUN_FILE = "run_digest.json"
@@ -32,6 +35,8 @@ RUN_FILE = "run_digest.json"
 # evaluation settings; SELM's few-shot adaptation runs at evaluation, under the evaluation digest)
 NOT_THE_MODEL = ("eval", "fewshot")
 NOT_THE_MODEL_TRAIN = ("progress", "log_interval", "num_workers", "keep_checkpoints")
+# parts of a run digest that evaluation may differ in (a WARNING, not a refusal): the model stays what it was
+EVALUATION_MAY_DIFFER = {"code": "by other code", "threads": "on another CPU thread count"}
 
 
 def model_config(cfg: dict) -> dict:
@@ -99,6 +104,7 @@ def run_parts(cfg: dict, split, ctx: TaskContext, task_name: str) -> dict:
                   "dev": split.dev, "label_map": label_map, "options": split.options},
         "data": {s: digest_inputs([str(ctx.data / s)])[str(ctx.data / s)] for s in sets},
         "sample_rate": ctx.sample_rate,
+        "threads": current_threads(),
         "refs": {r: _ref_digest(Path(r), split.tag) for r in refs},
         "code": code_version(task_name),
     }
@@ -186,26 +192,30 @@ def prepare_run(expdir: Path, parts: dict, fresh: bool, log) -> None:
     write_run(expdir, parts, "training")
 
 
-def _without_code(parts: dict) -> dict:
-    return {k: v for k, v in parts.items() if k != "code"}
+def _settings(parts: dict) -> dict:
+    """A run digest's parts without those evaluation may differ in."""
+    return {k: v for k, v in parts.items() if k not in EVALUATION_MAY_DIFFER}
 
 
 def check_trained(expdir: Path, parts: dict, log) -> None:
     """Refuse to evaluate a model trained with other settings or data than the current ones.
 
-    Only newer code is allowed (a WARNING): the model is what it was, and evaluation code may change.
+    Only other code or another thread count is allowed (a WARNING): the model is what it was, and
+    evaluation code may change.
     """
     old = read_run(expdir)
     if old is None:
         return  # nothing trained here (zero-shot configs), or trained before run digests
     before = old.get("parts") or {}
     if old.get("digest") != hash_obj(parts):
-        settings = changes(_without_code(before), _without_code(parts), limit=6)
-        if hash_obj(_without_code(before)) != hash_obj(_without_code(parts)):
+        if hash_obj(_settings(before)) != hash_obj(_settings(parts)):
+            settings = changes(_settings(before), _settings(parts), limit=6)
             raise SystemExit(f"{expdir}: the model there was trained with other settings ({settings}); train it "
                              f"again with these settings (sertk train, e.g. the recipe's training stage) first")
-        log.warning("%s: trained by other code (%s); evaluating it as it is (train again to retrain it)", expdir,
-                    changes({"code": before.get("code")}, {"code": parts["code"]}))
+        differ = [k for k in EVALUATION_MAY_DIFFER if before.get(k) != parts.get(k)]
+        log.warning("%s: trained %s (%s); evaluating it as it is (train again to retrain it)", expdir,
+                    " and ".join(EVALUATION_MAY_DIFFER[k] for k in differ),
+                    changes({k: before.get(k) for k in differ}, {k: parts.get(k) for k in differ}))
     if old.get("status") != "finished":
         raise SystemExit(f"{expdir}: its training did not finish ({expdir / RUN_FILE} says {old.get('status')!r}); "
                          f"run training again to resume it")
