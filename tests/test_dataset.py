@@ -152,6 +152,28 @@ def test_crops_centre_at_eval_and_seeded_random_at_train(tmp_path):
     assert len(set(starts)) > 1
 
 
+@pytest.mark.parametrize("task", ["speech_classifier", "teacher"])
+def test_train_crop_trains_on_random_windows_and_evaluates_whole_clips(tmp_path, task):
+    """``data.train_crop``: training items are random windows of that length; dev/test (and predict) read
+    the utterance up to ``max_duration``, as without it; a bad value is a clear error."""
+    import importlib
+
+    from sertk.tasks import TaskContext, check_config
+
+    write_dir(tmp_path, {"a-1": 3.0, "a-2": 1.0}, avd={"a-1": "0.5 0.5 0.5", "a-2": "0.1 0.2 0.3"})
+    mod = importlib.import_module(f"sertk.tasks.{task}")
+    cfg = {"data": {"max_duration": 4.0, "train_crop": 2.0}}
+    ctx = TaskContext(data=tmp_path, dump=tmp_path, expdir=tmp_path, name="x", stage=3)
+    args = (cfg, ctx, "d", None) if task == "speech_classifier" else (cfg, ctx, "d")
+    train, dev = mod._dataset(*args, train=True), mod._dataset(*args, train=False)
+    assert [train[i]["wav"].numel() for i in range(2)] == [32000, 16000]  # a shorter clip stays whole
+    assert [dev[i]["wav"].numel() for i in range(2)] == [48000, 16000]
+    bad = ({"task": "regressor", "model": {"encoder": {"name_or_path": "zoo/x"}}} if task == "speech_classifier"
+           else {"task": "teacher", "members": [{"name": "m", "backbone": {"name_or_path": "zoo/x"}}]})
+    with pytest.raises(ValueError, match=r"x: data: train_crop must be a positive number of seconds"):
+        check_config({**bad, "data": {"train_crop": -1}}, "x")
+
+
 # ----------------------------------------------------------------- collate
 def test_collate_pads_with_zeros_and_masks_real_samples():
     items = [{"utt": "a", "wav": torch.ones(5), "label": 2, "avd": torch.tensor([1.0, 2, 3])},

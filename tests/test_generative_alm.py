@@ -173,7 +173,9 @@ def test_an_unsupported_model_type_is_named():
 
 def test_zoo_alm_builds_and_loads_like_the_hub_model(tmp_path):
     """Stage 0's generative ALM (smoke size): the hub class, its processor and chat template saved beside it,
-    loaded by the wrapper from the path, and asked the stage-10 question with and without tokens."""
+    loaded by the wrapper from the path, and asked the stage-10 question with and without tokens. Its audio
+    tower is zoo/whisper_tiny_en's encoder, and the frozen-tower training loss (tower outputs computed once)
+    is the loss the model's own forward computes from the log-mel."""
     import json
 
     from sertk.common.config import load_config
@@ -186,8 +188,9 @@ def test_zoo_alm_builds_and_loads_like_the_hub_model(tmp_path):
     synth = load_config(Path(__file__).resolve().parent.parent / "egs/mini_emo/conf/synth.yaml", ["pretrain.speakers=4", "pretrain.utts_per_speaker=4"])
     generate_corpus(synth, tmp_path / "audio", tmp_path / "data", nj=1, part="pretrain")
     cfg = tiny_zoo()
-    cfg["models"] = {"alm": cfg["models"]["alm"]}
-    built = build_zoo(cfg, tmp_path / "data/pretrain", tmp_path / "zoo")
+    cfg["models"] = {k: cfg["models"][k] for k in ("whisper_tiny_en", "alm")}
+    built = build_zoo(cfg, tmp_path / "data/pretrain", tmp_path / "zoo", only=["alm"])  # + what it starts from
+    assert set(built) == {"whisper_tiny_en", "alm"}
     card = built["alm"]
     assert card["class"] == "Qwen2AudioForConditionalGeneration"
     assert card["stands_in_for"] == "Qwen/Qwen2-Audio-7B-Instruct"
@@ -203,3 +206,28 @@ def test_zoo_alm_builds_and_loads_like_the_hub_model(tmp_path):
     wavs = _audio(2)
     assert len(alm.generate(texts, wavs, 4)) == 2
     assert alm.score(texts, wavs, alm.candidate_ids(labels, "<|im_end|>")).shape == (2, 4)
+    _check_whisper_tower(alm.model, tmp_path / "zoo" / "whisper_tiny_en", alm, texts[0], wavs[0])
+
+
+def _check_whisper_tower(model, whisper_dir, alm, text, wav):
+    from transformers import WhisperForConditionalGeneration
+
+    from sertk.zoo.generative_alm import frozen_tower_loss, tower_outputs
+
+    enc = WhisperForConditionalGeneration.from_pretrained(whisper_dir).model.encoder.state_dict()
+    tower = model.model.audio_tower.state_dict()
+    n_pos = tower["embed_positions.weight"].shape[0]
+    assert n_pos == 150  # the 3 s window's frames of Whisper's 1,500 positions
+    assert torch.equal(tower["embed_positions.weight"], enc["embed_positions.weight"][:n_pos])
+    assert all(torch.equal(tower[k], enc[k]) for k in tower if k != "embed_positions.weight")
+    batch = alm.encode([text], [wav])
+    labels = batch["input_ids"].clone()
+    labels[:, :-2] = -100
+    with torch.no_grad():
+        direct = model(**batch, labels=labels).loss
+        feats, masks = batch["input_features"].numpy(), batch["feature_attention_mask"].numpy()
+        n_audio = int((batch["input_ids"] == model.config.audio_token_id).sum())
+        cached = tower_outputs(model, feats, masks, [n_audio])[0]
+        via_cache = frozen_tower_loss(model, {"input_ids": batch["input_ids"], "attention_mask":
+                                              batch["attention_mask"], "labels": labels, "audio_embeds": cached})
+    assert torch.allclose(direct, via_cache, atol=1e-5), (direct, via_cache)

@@ -274,3 +274,28 @@ def test_a_protocol_without_dev_speakers_holds_training_speakers_out(tmp_path):
     with pytest.raises(ValueError, match="dev_speakers=3"):
         task.train(cfg, split, TaskContext(data=tmp_path / "data", dump=tmp_path / "dump",
                                            expdir=tmp_path / "exp2", name="icl", stage=5))
+
+
+def test_task_runs_on_a_whisper_encoder(tmp_path):
+    """A Whisper encoder's cached clip-window layer feeds ICL and its baselines like any encoder's."""
+    from zoo_fixtures import TINY_WHISPER
+
+    for name, n_spk, seed in (("tr", 2, 0), ("dv", 1, 1), ("te", 1, 2)):
+        _write_set(tmp_path, name, n_spk, 6, seed)
+    (tmp_path / "labels.yaml").write_text(yaml.safe_dump({"name": "four", "labels": CLASSES}))
+    cfg = _cfg()
+    cfg["model"]["encoder"] = {**TINY_WHISPER, "window": "clip", "layer": 2}
+    cfg["episodes"] = {"k": [0, 1], "per_epoch": 8, "dev_queries": 2}
+    cfg["train"]["epochs"] = 1
+    cfg["eval"] = {"k": [0, 1], "draws": 1, "conditions": ["arbitrary"], "bootstrap": 0}
+    check_config(cfg, "icl_whisper.yaml")
+    split = Split(corpus="toy", protocol="p", scheme="speaker-independent", train="tr", dev="dv", tests=["te"],
+                  label_map=str(tmp_path / "labels.yaml"))
+    ctx = TaskContext(data=tmp_path / "data", dump=tmp_path / "dump", expdir=tmp_path / "exp", name="icl", stage=6)
+    task.train(cfg, split, ctx)
+    assert yaml.safe_load((ctx.expdir / "model.yaml").read_text())["encoder"]["window"] == "clip"
+    [path] = task.evaluate(cfg, split, ctx)
+    rows = json.loads(path.read_text())["extra"]["kcurve"]
+    assert {(r["k"], r["method"]) for r in rows} >= {(1, "icl"), (1, "spk_norm"), (0, "icl_k0")}
+    [index] = (tmp_path / "dump" / "encoder_feats").glob("*/te/index.json")
+    assert json.loads(index.read_text())["encoder"]["type"] == "whisper"

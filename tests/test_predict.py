@@ -9,6 +9,7 @@ so a predictor that forgot the evaluation crop would disagree.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,10 @@ from sertk.bin import extract_egemaps as egemaps_cli
 from sertk.bin import predict as predict_cli
 from sertk.bin import train as train_cli
 from sertk.data.datadir import read_table
-from sertk.export.serve import NOT_SERVED, SERVERS, ServeError, load_predictor
+from sertk.export.serve import NOT_SERVED, SERVERS, Predictions, ServeError, load_predictor
 
 from toy_recipe import toy_recipe
-from zoo_fixtures import TINY_WAV2VEC2, without_zoo
+from zoo_fixtures import TINY_WAV2VEC2, TINY_WHISPER, on_whisper, without_zoo
 
 CONF = Path(__file__).resolve().parent.parent / "egs/mini_emo/conf"
 LABELS = ["neutral", "happy", "angry", "sad"]
@@ -78,8 +79,18 @@ def _agrees_with_stage4(expdir: Path, out: Path, scores: bool = True, atol: floa
             np.testing.assert_allclose(got[u], want[u], atol=atol, err_msg=u)
 
 
-def _tiny(conf: str, **train) -> dict:
-    cfg = without_zoo(yaml.safe_load((CONF / conf).read_text()))  # a random-init local encoder
+def _avd_agrees_with_stage4(expdir: Path, out: Path) -> None:
+    want = {u: np.array(v.split(), float) for u, v in read_table(expdir / "eval" / "test" / "predictions.txt").items()}
+    got = {u: np.array(v.split(), float) for u, v in read_table(out / "utt2avd").items()}
+    assert got.keys() == want.keys()
+    for u in want:
+        np.testing.assert_allclose(got[u], want[u], atol=2e-4, err_msg=u)
+
+
+def _tiny(conf: str, whisper: bool = False, **train) -> dict:
+    """A mini_emo config on a random-init local encoder (``whisper``: the Whisper zoo model's stand-in)."""
+    cfg = yaml.safe_load((CONF / conf).read_text())
+    cfg = without_zoo(on_whisper(cfg) if whisper else cfg)
     cfg.pop("protocols", None)
     if "train" in cfg:
         cfg["train"] = {**cfg["train"], "epochs": 1, "warmup_steps": 0, "progress": False, **train}
@@ -127,9 +138,11 @@ def test_speech_classifier_is_served(recipe, tmp_path):
     _agrees_with_stage4(expdir, _predict(recipe, expdir, tmp_path / "pred", "--batch-size", "3"))
 
 
-def test_selm_is_served(recipe, tmp_path):
+@pytest.mark.parametrize("encoder", [{**TINY_WAV2VEC2, "layer": 1}, {**TINY_WHISPER, "layer": 2, "window": "clip"}],
+                         ids=["wav2vec2", "whisper"])
+def test_selm_is_served(recipe, tmp_path, encoder):
     cfg = {"task": "selm", "model": {
-        "encoder": {**copy.deepcopy(TINY_WAV2VEC2), "layer": 1},
+        "encoder": copy.deepcopy(encoder),
         "prefix": {"length": 3, "proj_hidden": 32, "mapper_layers": 1, "mapper_heads": 2, "dropout": 0.0},
         "lm": {"mode": "full", "tokenizer": {"vocab_size": 60}, "config": {
             "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
@@ -146,12 +159,24 @@ def test_selm_is_served(recipe, tmp_path):
 
 def test_teacher_is_served(recipe, tmp_path):
     expdir = _run(recipe, _tiny("teacher.yaml"), "teacher")
-    out = _predict(recipe, expdir, tmp_path / "pred")
-    want = {u: np.array(v.split(), float) for u, v in read_table(expdir / "eval" / "test" / "predictions.txt").items()}
-    got = {u: np.array(v.split(), float) for u, v in read_table(out / "utt2avd").items()}
-    assert got.keys() == want.keys()
-    for u in want:
-        np.testing.assert_allclose(got[u], want[u], atol=2e-4, err_msg=u)
+    _avd_agrees_with_stage4(expdir, _predict(recipe, expdir, tmp_path / "pred"))
+
+
+@pytest.mark.parametrize("conf", ["probe_w2v.yaml", "classifier.yaml", "regressor.yaml", "teacher.yaml"])
+def test_whisper_encoder_models_are_served(recipe, tmp_path, conf):
+    """The mini_emo configs on the Whisper zoo model (a local Whisper stands in): trained and evaluated
+    as stages 3-4 (7) run them, served with the same clip-window features, batched otherwise."""
+    cfg = _tiny(conf, whisper=True)
+    name = conf.removesuffix(".yaml") + "_whisper"
+    expdir = _run(recipe, cfg, name)
+    spec = yaml.safe_load(((expdir / "teacher.yaml") if conf == "teacher.yaml" else (expdir / "model.yaml")
+                           ).read_text())
+    assert "'type': 'whisper'" in str(spec) and "'window': 'clip'" in str(spec)
+    out = _predict(recipe, expdir, tmp_path / "pred", "--batch-size", "3")
+    if conf in ("regressor.yaml", "teacher.yaml"):
+        _avd_agrees_with_stage4(expdir, out)
+    else:
+        _agrees_with_stage4(expdir, out)
 
 
 def test_exported_student_is_served_as_stage8_scores_it(recipe, tmp_path):
@@ -174,6 +199,32 @@ def test_exported_student_is_served_as_stage8_scores_it(recipe, tmp_path):
         np.testing.assert_allclose(np.array(got[u].split(), float), run_onnx(sess, ds[i]["wav"].numpy()), atol=1e-4)
     assert load_predictor(int8).predict({"x": str(recipe / "data" / "test00.wav")}).dims == meta[
         "output_names"].split(",")
+
+
+def test_threads_option_sets_the_threads_a_model_predicts_on(tmp_path, monkeypatch):
+    """``--threads N`` as on every entry point (default 1): the model computes on N threads."""
+    from sertk.common.threads import set_threads
+
+    seen = []
+
+    class Model:
+        task = "probe"
+
+        def predict(self, files, speakers=None):
+            seen.append((torch.get_num_threads(), os.environ["OMP_NUM_THREADS"]))
+            return Predictions(sorted(files), ["a", "b"], ["a"] * len(files), np.full((len(files), 2), 0.5))
+
+    monkeypatch.setattr(predict_cli, "load_predictor", lambda path: Model())
+    (tmp_path / "wav.scp").write_text("u1 /nowhere/u1.wav\n")
+    args = ["--model", str(tmp_path), "--wav-scp", str(tmp_path / "wav.scp"), "--out", str(tmp_path / "out")]
+    try:
+        assert predict_cli.main([*args, "--threads", "2"]) == 0
+        assert predict_cli.main(args) == 0
+    finally:
+        set_threads(1)  # the test session's count
+    assert seen == [(2, "2"), (1, "1")]
+    with pytest.raises(SystemExit):  # a served model keeps its own config
+        predict_cli.main([*args, "--set", "eval.batch_size=4"])
 
 
 def test_a_dir_without_a_model_is_named(tmp_path):

@@ -159,3 +159,22 @@ def test_config_checks():
             check_config(_cfg(**bad), "probe.yaml")
     with pytest.raises(ValueError, match="data"):
         check_config({**_cfg(), "data": {"cache": False}}, "probe.yaml")
+
+
+def test_probe_on_the_real_whisper_tiny_en(corpus, whisper_tiny_en, tmp_path):
+    """A Whisper checkpoint dir probed at a middle layer (clip window): its features separate the classes,
+    and results name the encoder, layer and window."""
+    enc = {"name_or_path": str(whisper_tiny_en), "layer": 2, "window": "clip"}
+    cfg = _cfg(encoder=enc)
+    check_config(cfg, "probe_whisper.yaml")
+    ctx = _ctx(corpus, tmp_path / "p")
+    probe.train(cfg, _split(corpus), ctx)
+    [path] = probe.evaluate(cfg, _split(corpus), ctx)
+    rec = json.loads(path.read_text())
+    assert rec["metrics"]["uar"] >= 0.8, rec["metrics"]  # chance is 1/3
+    assert rec["extra"]["encoder"] == str(whisper_tiny_en) and rec["extra"]["layer"] == 2
+    assert rec["extra"]["window"] == "clip"
+    info = yaml.safe_load((ctx.expdir / "model.yaml").read_text())
+    assert info["feature_dim"] == 2 * 384 and info["encoder"] == {**enc, "freeze": True}
+    with pytest.raises(ValueError, match=r"layer 5 does not exist \(it has layers 0\.\.4"):
+        probe.train(_cfg(encoder={**enc, "layer": 5}), _split(corpus), _ctx(corpus, tmp_path / "l5"))

@@ -12,13 +12,16 @@ from safetensors.torch import save_model
 from sertk.common.protocol import Split
 from sertk.data.audio import write_audio
 from sertk.data.datadir import DataDir
-from sertk.features.embedding_cache import cache_key
+from sertk.features.embedding_cache import cache_key, encoder_batch, store_name
 from sertk.models.selm import SELM, build_lm, encode_example
 from sertk.models.text_tokenizer import SentencePieceTokenizer, load_tokenizer
 from sertk.models.views import make_views, map_gold, view_values
 from sertk.tasks import TaskContext, check_config
 from sertk.tasks import selm as task
+from sertk.train.inference import resolve_device
 from sertk.train.trainer import Trainer
+
+from zoo_fixtures import TINY_WHISPER
 
 CLASSES = ["neutral", "happy", "angry", "sad"]
 ENC = {"type": "wav2vec2", "layer": 1, "config": {
@@ -26,6 +29,7 @@ ENC = {"type": "wav2vec2", "layer": 1, "config": {
     "conv_dim": [16, 16, 16], "conv_kernel": [10, 3, 3], "conv_stride": [5, 2, 2],
     "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4, "feat_extract_norm": "layer",
     "do_stable_layer_norm": True, "mask_time_prob": 0.0, "hidden_dropout": 0.1}}
+WHISPER = {**TINY_WHISPER, "window": "clip", "layer": 2}  # a local Whisper encoder, its clip window
 LM = {"mode": "full", "config": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64,
                                  "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}}
 PREFIX = {"length": 3, "proj_hidden": 32, "mapper_layers": 1, "mapper_heads": 2, "dropout": 0.0}
@@ -149,6 +153,26 @@ def test_save_load_round_trip_gives_identical_scores(tok, tmp_path):
     assert torch.equal(a, b)
 
 
+def test_projector_standardises_each_dimension_with_the_training_frame_statistics():
+    """A frozen layer's dimensions differ in offset and scale (SELM on Whisper tiny.en never left the class
+    prior without this): with the statistics set from the training frames, the prefix does not depend on a
+    per-dimension affine change of the features."""
+    from sertk.features.embedding_cache import frame_stats
+    from sertk.models.selm import PrefixMapper
+
+    torch.manual_seed(0)
+    pm = PrefixMapper(6, 8, length=2, proj_hidden=16, mapper_heads=2).eval()
+    feats, lengths = torch.randn(3, 10, 6), torch.tensor([10, 7, 4])
+    pm.set_feature_stats(*frame_stats(f[:n] for f, n in zip(feats, lengths)))
+    out = pm(feats, lengths)
+    scale, offset = torch.rand(6) * 5 + 0.1, torch.randn(6) * 3
+    moved = feats * scale + offset
+    pm.set_feature_stats(*frame_stats(f[:n] for f, n in zip(moved, lengths)))
+    assert torch.allclose(pm(moved, lengths), out, atol=1e-4)
+    pm.set_feature_stats(torch.zeros(6), torch.ones(6))  # without them it would
+    assert not torch.allclose(pm(moved, lengths), out, atol=1e-2)
+
+
 # ---------------------------------------------------------- data-backed tests --
 
 def _write_set(root, name, n_per_class, seed, sr=16000):
@@ -188,11 +212,13 @@ def _ctx(root, exp):
     return TaskContext(data=root / "data", dump=root / "dump", expdir=exp, name="selm", stage=4)
 
 
-def test_cached_training_matches_on_the_fly_and_encoder_stays_frozen(corpus, tmp_path):
+@pytest.mark.parametrize("encoder", [ENC, WHISPER], ids=["wav2vec2", "whisper"])
+def test_cached_training_matches_on_the_fly_and_encoder_stays_frozen(corpus, tmp_path, encoder):
     split = _split(corpus)
     states, encoders = {}, {}
     for cache in (True, False):
         cfg = _cfg(data={"cache": cache})
+        cfg["model"]["encoder"] = dict(encoder)
         env = task._Env(cfg, split, _ctx(corpus, tmp_path / f"c{cache}"))
         before = {k: v.clone() for k, v in env.encoder.state_dict().items()}
         tokz = task._make_tokenizer(cfg, CLASSES)
@@ -214,8 +240,10 @@ def test_cached_training_matches_on_the_fly_and_encoder_stays_frozen(corpus, tmp
         assert torch.allclose(states[True][k], states[False][k], atol=1e-4), k
     # the cache is reused (same key), one store per encoder setting shared by the sets, each set an index into it
     key_a = cache_key(env.encoder_spec, env.weights_digest, 16000, None)
-    assert (corpus / "dump" / "encoder_feats" / key_a / "a_train" / "index.json").is_file()  # written last
-    assert (corpus / "dump" / "encoder_feats" / key_a / "shards").is_dir()
+    dev = resolve_device("auto")  # the cache's device: the store is named by it (and its batch) off the CPU
+    store = corpus / "dump" / "encoder_feats" / store_name(key_a, dev, encoder_batch(1, dev))  # default batch: 1
+    assert (store / "a_train" / "index.json").is_file()  # written last
+    assert (store / "shards").is_dir()
     assert key_a != cache_key(env.encoder_spec, "other-weights", 16000, None)
 
 
@@ -240,6 +268,11 @@ def test_task_trains_evaluates_and_adapts_few_shot(corpus, tmp_path):
     first = lines[0].split()
     env = task._Env(cfg, split, ctx)
     model, tokz, _ = task.load_trained(ctx.expdir, env.encoder.hidden_size)
+    # the projector standardises each feature dimension with the training set's frame statistics, saved
+    train_feats = env.source("a_train")
+    frames = torch.cat([train_feats[u] for u in train_feats])
+    assert torch.allclose(model.prefixer.feat_mean, frames.mean(0), atol=1e-5)
+    assert torch.allclose(model.prefixer.feat_std, frames.std(0), atol=1e-5)
     feats = env.source("a_test")[first[0]]
     with torch.no_grad():
         prefix = model.audio_prefix(feats[None], torch.tensor([feats.shape[0]]))

@@ -19,6 +19,8 @@ from sertk.models.clap_zeroshot import (ClapFrontEnd, ClapZeroShot, PromptSet, a
 from sertk.tasks import TaskContext, check_config, zsfuse
 from sertk.zoo.clap import clap_config, feature_extractor, train_tokenizer
 
+from zoo_fixtures import TINY_WHISPER
+
 LABELS = ["neutral", "angry", "sad"]
 ENTRY = {"config": {"projection_dim": 16, "logit_scale_init_value": 5.0,
                     "audio": {"spec_size": 32, "num_mel_bins": 16, "patch_size": 4, "patch_stride": [4, 4],
@@ -118,6 +120,26 @@ def test_amplification_by_one_is_the_identity_and_n_repeats_the_query(clap_dir):
     assert not np.allclose(zs.audio_embeddings(short, amplify=3), zs.audio_embeddings(short, amplify=1))
 
 
+def test_a_cached_prompt_embedding_does_not_depend_on_what_filled_the_cache(clap_dir, tmp_path):
+    """A prompt's stored text embedding is the same bits whether the job that filled the cache asked
+    for it alone or beside longer and shorter prompts (padding and batch mates move batched values)."""
+    prompt = "the speaker sounds angry"
+    others = ["a sad voice", "the speaker sounds calm calm calm calm calm calm calm calm", "a gloomy gloomy voice"]
+    alone = ClapZeroShot(str(clap_dir), cache_dir=tmp_path / "alone", device="cpu")
+    together = ClapZeroShot(str(clap_dir), cache_dir=tmp_path / "together", device="cpu")
+    alone.text_embeddings([prompt])
+    together.text_embeddings([others[0], prompt, *others[1:]])
+    stored = [ClapZeroShot(str(clap_dir), cache_dir=tmp_path / d, device="cpu")._text[prompt]
+              for d in ("alone", "together")]  # what a later job reads from each cache
+    np.testing.assert_array_equal(stored[0], stored[1])
+    assert stored[0].dtype == np.float32 and stored[0].shape == (16,)
+    old = tmp_path / "old" / alone._text_file.name  # a file of the batched format: never read back
+    old.parent.mkdir()
+    old.write_text(json.dumps({prompt: [0.0] * 16}))
+    np.testing.assert_array_equal(ClapZeroShot(str(clap_dir), cache_dir=old.parent, device="cpu")
+                                  .text_embeddings([prompt])[0], stored[0])
+
+
 def test_fusion_with_a_one_hot_weight_equals_that_model_alone():
     rng = np.random.default_rng(0)
     lp = [log_softmax(rng.standard_normal((20, 4)) * s) for s in (1.0, 3.0, 0.5)]
@@ -202,7 +224,7 @@ def test_task_writes_the_ablation_table_and_every_posterior(clap_dir, tmp_path):
                                                                                   "padding": "pad"}},
            "prompts": PROMPTS, "zero_shot": {"amplify": [1, 2], "batch_size": 4},
            "fms": {"f1": {"encoder": TINY_ENC, "pooling": "mean+std"},
-                   "f2": {"encoder": {**TINY_ENC, "layer": 1}, "pooling": "mean"}},
+                   "f2": {"encoder": {**TINY_WHISPER, "window": "clip", "layer": 1}, "pooling": "mean"}},
            "fm_data": {"max_duration": 1.0, "cache_batch_size": 8}, "fusion": {"weight_step": 0.25},
            "eval": {"bootstrap": 20}}
     check_config(cfg, "zsfuse test")
@@ -218,6 +240,8 @@ def test_task_writes_the_ablation_table_and_every_posterior(clap_dir, tmp_path):
     assert "c2: ensemble (embedding) + amplify x2" in rows
     assert "f1: probe" in rows and "fusion ALMs + FMs (label-free)" in rows and "fusion c1 + f2 (dev)" in rows
     assert res["extra"]["system"] == "fusion ALMs + FMs (dev)"
+    assert res["extra"]["fms"] == {"f1": "wav2vec2", "f2": "whisper"}  # a Whisper FM beside a wav2vec 2.0 one
+    assert rows["f2: probe"]["window"] == "clip" and rows["f2: probe"]["layer"] == 1
     assert res["metrics"]["uar"] == pytest.approx(rows["fusion ALMs + FMs (dev)"]["uar"])
     assert all(len(r["uar_ci"]) == 2 and 0 <= r["uar"] <= 1 for r in rows.values())
     assert rows["f1: probe"]["uar"] > 0.5  # the probe hears the pitch classes

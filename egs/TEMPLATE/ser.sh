@@ -28,7 +28,8 @@ data=data                 # data dirs
 dump=dump                 # features and caches
 exp=exp                   # experiments and results
 nj=2                      # parallel parts for data-parallel stages
-config_jobs=1             # stages 3-10 (and the zoo): configs run at once, each on its share of the CPU threads; a config waits for the configs it names (exp/<tag>)
+config_jobs=1             # stages 3-10 (and the zoo): configs run at once; a config waits for the configs it names (exp/<tag>)
+job_threads=1             # CPU threads of every job of stages 0 and 3-10, whatever --config-jobs is; recorded in results and run digests
 backend=local             # job backend: local or slurm
 slurm_opts=               # extra sbatch options for --backend slurm
 sample_rate=16000         # rate audio is resampled to for features and models
@@ -58,8 +59,12 @@ done
 set -- "${__rest[@]+"${__rest[@]}"}"
 [ ${#__roots[@]} -eq 0 ] || corpus_root=$(printf '%s\n' "${__roots[@]}")
 . "$root/utils/parse_options.sh"
+case $job_threads in ''|*[!0-9]*|0*) log "--job-threads must be a positive integer, got '$job_threads'"; exit 1 ;; esac
 
 sertk() { "$python" -m sertk.cli "$@"; }
+# with_threads CMD...: CMD with the thread pools of its processes (OpenMP, MKL, OpenBLAS) sized to
+# --job-threads from their start; the sertk entry points it runs also get --threads, which sets and records it
+with_threads() { OMP_NUM_THREADS=$job_threads MKL_NUM_THREADS=$job_threads OPENBLAS_NUM_THREADS=$job_threads "$@"; }
 set_args=()
 for o in $overrides; do set_args+=(--set "$o"); done
 
@@ -106,8 +111,22 @@ if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
   else
     log "stage 0: pre-training pool and model zoo ($zoo_config -> $zoo/)"
     [ -z "$pool_cmd" ] || { check_uses_data --pool-cmd "$pool_cmd"; env python="$python" data="$data" bash -c "$pool_cmd"; }  # skips itself when up to date
-    run_stage 0 zoo "$zoo_config $data/pretrain $root/sertk/zoo" "$zoo" "" --run-arg=--jobs --run-arg="$config_jobs" -- \
-      "$python" -m sertk.bin.build_zoo --config "$zoo_config" --pool "$data/pretrain" --zoo "$zoo"
+    # only the zoo models this run's configs name (and what those start from): an unused one costs nothing
+    all_configs=$(for e in $ser_configs $icl_configs $distill_configs $zsfuse_configs $token_configs; do
+                    config_of "$e"; done | awk '!seen[$0]++')
+    # shellcheck disable=SC2086
+    zoo_models=$("$python" -m sertk.bin.build_zoo --config "$zoo_config" --pool "$data/pretrain" --zoo "$zoo" \
+                   --list --for-configs $all_configs) || { log "stage 0: cannot tell which zoo models the configs name (above)"; exit 1; }
+    if [ -z "$zoo_models" ]; then
+      log "stage 0: no config of this run names a zoo model, nothing to build"
+    else
+      log "stage 0: zoo models the configs name: $zoo_models"
+      # shellcheck disable=SC2086
+      with_threads run_stage 0 zoo "$zoo_config $data/pretrain $root/sertk/zoo" "$zoo" "models=$zoo_models" \
+        --run-arg=--jobs --run-arg="$config_jobs" -- \
+        "$python" -m sertk.bin.build_zoo --config "$zoo_config" --pool "$data/pretrain" --zoo "$zoo" \
+          --threads "$job_threads" --only $zoo_models
+    fi
   fi
 fi
 
@@ -200,13 +219,14 @@ run_one_config() {
   run_stage "$num" "${action}_${tag}" "$c $p $data $dump/egemaps $deps" "$exp/$tag" \
     "corpus=$corpus sample_rate=$sample_rate overrides=$overrides" "${fresh[@]+"${fresh[@]}"}" -- \
     $launcher -m sertk.bin.$action --config "$c" --protocols "$p" --data "$data" \
-      --dump "$dump" --exp "$exp/$tag" --corpus "$corpus" --sample-rate "$sample_rate" --stage "$num" "${set_args[@]+"${set_args[@]}"}"
+      --dump "$dump" --exp "$exp/$tag" --corpus "$corpus" --sample-rate "$sample_rate" --stage "$num" \
+      --threads "$job_threads" "${set_args[@]+"${set_args[@]}"}"
 }
 
 # run_configs STAGE ACTION CONFIGS: every config of the list, --config-jobs at a time, started in
-# list order. A config that reads exp/<tag> of an earlier config in the list (named_exps) starts after it ends
-# (a student after its teacher); each job's lines carry its [tag]; a failure stops the stage once
-# the running configs end.
+# list order, each on --job-threads threads (how many run at once changes no figure). A config that
+# reads exp/<tag> of an earlier config in the list (named_exps) starts after it ends (a student after
+# its teacher); each job's lines carry its [tag]; a failure stops the stage once the running configs end.
 run_configs() {
   local num=$1 action=$2 configs=$3 entry c p tag t rcdir failed=()
   for entry in $configs; do
@@ -214,12 +234,11 @@ run_configs() {
     [ -f "$c" ] || { log "stage $num: no such config $c"; exit 1; }
     [ -f "$p" ] || { log "stage $num: no such protocols file $p (in $entry)"; exit 1; }
   done
-  if [ "$config_jobs" -le 1 ] || [ "$(wc -w <<< "$configs")" -le 1 ]; then  # a lone config gets every thread
-    for entry in $configs; do run_one_config "$num" "$action" "$entry"; done
+  if [ "$config_jobs" -le 1 ] || [ "$(wc -w <<< "$configs")" -le 1 ]; then
+    for entry in $configs; do with_threads run_one_config "$num" "$action" "$entry"; done
     return
   fi
   rcdir=$(mktemp -d); declare -A pid_of=()
-  local threads=$(( $(nproc) / config_jobs )); [ "$threads" -ge 1 ] || threads=1
   for entry in $configs; do
     c=$(config_of "$entry"); tag=$(basename "$c" .yaml)
     for t in $(named_exps "$c" "$action" | sed 's#^exp/##'); do
@@ -228,8 +247,7 @@ run_configs() {
       [ "$(cat "$rcdir/$t" 2>/dev/null)" = 0 ] || { log "stage $num: $tag waits for $t, which failed"; wait; exit 1; }
     done
     while [ "$(jobs -rp | wc -l)" -ge "$config_jobs" ]; do wait -n 2>/dev/null || true; done
-    ( set +e; OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads} MKL_NUM_THREADS=${MKL_NUM_THREADS:-$threads} \
-        run_one_config "$num" "$action" "$entry" > >(sed -u "s/^/[$tag] /" >&2) 2>&1
+    ( set +e; with_threads run_one_config "$num" "$action" "$entry" > >(sed -u "s/^/[$tag] /" >&2) 2>&1
       echo $? > "$rcdir/$tag" ) &
     pid_of[$tag]=$!
   done

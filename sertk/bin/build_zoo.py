@@ -8,16 +8,21 @@ in ``<zoo>/.work/<name>``.
   sertk build-zoo --config conf/zoo.yaml --pool data/pretrain --zoo zoo
   sertk build-zoo --config conf/zoo.yaml --pool data/pretrain --zoo zoo --only gpt2 --set models.gpt2.train.epochs=2
 
---jobs N trains N models at once, each in its own process on its share of the
-CPU threads (small models use two cores poorly, so two at once nearly halve
-the wall time); every model's training is the same as in a serial build
-except for its thread count.
+--for-configs CONFIG... builds the zoo models those recipe configs name
+(``zoo/<name>`` values) and what they start from; --list prints the names a
+build would consider and exits (ser.sh's stage 0 uses both).
+
+--jobs N trains N models at once, each in its own process (small models use
+two cores poorly, so two at once nearly halve the wall time); a model that
+starts from another (the ALM's audio tower from zoo/whisper_tiny_en) waits
+for it. Each process runs on --threads threads, as a serial build does, so
+every model's weights are the same whatever --jobs is.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from sertk.common.config import ConfigError
@@ -32,16 +37,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="build only these zoo models")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
     p.add_argument("--jobs", type=int, default=1, help="models trained at once, one process each (default 1)")
+    p.add_argument("--for-configs", nargs="*", default=None, metavar="CONFIG",
+                   help="build the zoo models these recipe configs name (and what those start from)")
+    p.add_argument("--list", action="store_true", help="print the names of the models a build would consider, exit")
     args = p.parse_args(argv)
     setup_logging()
     if not args.config:
         p.error("--config is required (e.g. egs/mini_emo/conf/zoo.yaml)")
-    from sertk.zoo import build_zoo, pending_models
+    from sertk.zoo import build_order, build_zoo, models_named_in, pending_models, requirements
     try:
         cfg = resolve_config(args)
-        todo = pending_models(cfg, args.pool, args.zoo, args.only, args.force)
+        only = args.only
+        if args.for_configs is not None:
+            only = sorted(set(only or []) | set(models_named_in(args.for_configs, cfg, args.zoo)))
+            if not only:
+                if args.list:
+                    return 0
+                print("build-zoo: the configs name no zoo model: nothing to build", file=sys.stderr)
+                return 0
+        if args.list:
+            print(" ".join(build_order(cfg, only)))
+            return 0
+        todo = pending_models(cfg, args.pool, args.zoo, only, args.force)
         if args.jobs > 1 and len(todo) > 1:
-            return _build_in_processes(list(sys.argv[1:] if argv is None else argv), todo, args.jobs)
+            needs = {n: [r for r in requirements(cfg, n) if r in todo] for n in todo}
+            return _build_in_processes(list(sys.argv[1:] if argv is None else argv), todo, needs, args.jobs)
+        built = build_zoo(cfg, args.pool, args.zoo, only, args.force)
         built = build_zoo(cfg, args.pool, args.zoo, args.only, args.force)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"build-zoo: {args.config}: {e}", file=sys.stderr)
@@ -52,32 +73,42 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _build_in_processes(argv: list[str], names: list[str], jobs: int) -> int:
-    """One ``build-zoo --only NAME`` process per model, ``jobs`` at a time; lines prefixed [NAME]."""
+def _build_in_processes(argv: list[str], names: list[str], needs: dict[str, list[str]], jobs: int) -> int:
+    """One ``build-zoo --only NAME`` process per model (on the same --threads), ``jobs`` at a time, each
+    started after the models it starts from (``needs``; ``names`` is in build order, so they were started
+    first); lines prefixed [NAME]."""
     base, i = [], 0
-    while i < len(argv):  # the same options, less --jobs and --only
+    while i < len(argv):  # the same options, less --jobs, --only and --for-configs
         a = argv[i]
         i += 1
         if a == "--jobs":
             i += 1
-        elif a == "--only":
+        elif a in ("--only", "--for-configs"):
             while i < len(argv) and not argv[i].startswith("-"):
                 i += 1
-        elif not a.startswith(("--jobs=", "--only=")):
+        elif not a.startswith(("--jobs=", "--only=", "--for-configs=")):
             base.append(a)
-    threads = str(max(1, len(os.sched_getaffinity(0)) // jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads),
-           "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", threads)}
+    finished = {n: threading.Event() for n in names}
+    codes: dict[str, int] = {}
 
     def one(name: str) -> int:
+        for need in needs[name]:
+            finished[need].wait()
+        if any(codes.get(n) for n in needs[name]):
+            sys.stderr.write(f"[{name}] not built: {', '.join(needs[name])} failed\n")
+            codes[name] = 1
+            finished[name].set()
+            return 1
         cmd = [sys.executable, "-m", "sertk.bin.build_zoo", *base, "--only", name]
-        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
             for line in proc.stdout:
                 sys.stderr.write(f"[{name}] {line}")
+        codes[name] = proc.returncode
+        finished[name].set()
         return proc.returncode
 
-    with ThreadPoolExecutor(jobs) as pool:
-        codes = dict(zip(names, pool.map(one, names)))
+    with ThreadPoolExecutor(jobs) as pool:  # FIFO in build order: a model waits only on ones already started
+        list(pool.map(one, names))
     failed = [n for n, c in codes.items() if c != 0]
     if failed:
         print(f"build-zoo: failed: {', '.join(failed)} (lines prefixed with their names above)", file=sys.stderr)

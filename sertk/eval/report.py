@@ -451,7 +451,7 @@ def zoo_section(zoo_dir: Path, records: list[dict]) -> str:
     probes = [r for r in records if r.get("task") == "classification" and (r.get("extra") or {}).get("encoder")]
     cols = sorted({where(r) for r in probes})
     egemaps = {where(r): uar(r) for r in records if r.get("name") == "egemaps_lr" and where(r) in cols}
-    header = ["model", "class", "stands in for", "params", "objective", "train s", "pool-dev"] + \
+    header = ["model", "class", "real or stand-in for", "params", "objective", "train s", "pool-dev"] + \
         [f"probe UAR {c}" for c in cols]
     body = []
     for c in cards:
@@ -461,16 +461,18 @@ def zoo_section(zoo_dir: Path, records: list[dict]) -> str:
             hits = [f"{uar(r):.3f} ({r['name']}, layer {r['extra'].get('layer')})" for r in mine if where(r) == col]
             cells.append("; ".join(hits) or "-")
         dev = ", ".join(f"{k} {v}" for k, v in (c.get("dev") or {}).items())
-        body.append([f"`zoo/{c['name']}`", f"`{c.get('class')}`", f"`{c.get('stands_in_for')}`",
+        kind = f"real: `{c.get('stands_in_for')}`" if c.get("real") else f"stand-in for `{c.get('stands_in_for')}`"
+        body.append([f"`zoo/{c['name']}`", f"`{c.get('class')}`", kind,
                      f"{c.get('params', 0):,}", c.get("objective", ""), f"{c.get('train_seconds', 0):.0f}", dev] + cells)
     if egemaps:
         body.append(["eGeMAPS + LR (reference)", "-", "-", "-", "88 functionals, logistic regression", "-", "-"] +
                     [f"{egemaps[c]:.3f}" if egemaps.get(c) is not None else "-" for c in cols])
-    pool = cards[0].get("pool") or {}
+    pool = next((c["pool"] for c in cards if c.get("pool")), {})
     return "\n".join([
         "## Model zoo (stage 0)", "",
-        f"Trained on the pre-training pool (`{pool.get('path')}`: {pool.get('utterances')} utterances, "
-        f"{pool.get('speakers')} speakers no evaluation set contains); model cards in `{zoo_dir}/<name>/README.md`.",
+        f"Real models are imported as published; stand-ins are trained on the pre-training pool (`{pool.get('path')}`: "
+        f"{pool.get('utterances')} utterances, {pool.get('speakers')} speakers no evaluation set contains); model "
+        f"cards in `{zoo_dir}/<name>/README.md`.",
         "Probe UAR: logistic regression on a frozen layer of the model, trained on the protocol's train set.", "",
         _table(header, body), ""])
 

@@ -7,7 +7,9 @@ dir says it holds (``model.yaml``'s task, ``teacher.yaml``, an exported
 what the evaluation stage computed for the same audio -- the same features
 (eGeMAPS with the stage-2 sample rate, the same frozen encoder layer and
 pooling), the same standardisation, crop and model code -- so labels and
-scores agree with the model's own ``eval/<set>/`` files.
+scores agree with the model's own ``eval/<set>/`` files. Encoders, Whisper's
+included, give each file the same features in any batch (Whisper's ``clip``
+window masks each clip to its own frames), so ``--batch-size`` changes only float rounding.
 
 Served kinds (the task in model.yaml):
 
@@ -209,7 +211,7 @@ class Probe:
         self.speaker_norm = bool(info.get("speaker_norm", False))
         self.sample_rate = _sample_rate(info, self.expdir)
         self.max_duration = _setting(info, cfg, "max_duration", "data", None, self.expdir)
-        self.batch_size = int((cfg.get("data") or {}).get("cache_batch_size", 8))
+        self.batch_size = int((cfg.get("data") or {}).get("cache_batch_size", 1))
         seed = int(_setting(info, cfg, "seed", "model", 0, self.expdir))
         self.encoder = rebuild_encoder(info["encoder"], seed, info.get("encoder_weights_sha256"), self.expdir)
         self.pool, _ = build_pooling(POOLINGS[info.get("pooling", "mean")], self.encoder.hidden_size)
@@ -246,7 +248,7 @@ class Selm:
         ev = cfg.get("eval") or {}
         self.prior_weight = float(ev.get("lm_prior_weight", 0.0))
         self.batch_size = int(ev.get("batch_size", 16))
-        self.cache_batch_size = int((cfg.get("data") or {}).get("cache_batch_size", 8))
+        self.cache_batch_size = int((cfg.get("data") or {}).get("cache_batch_size", 1))
         self.amp = (cfg.get("train") or {}).get("amp", "auto")
         seed = int((cfg.get("train") or {}).get("seed", 0))
         self.encoder = rebuild_encoder(info["encoder"], seed, info.get("encoder_weights_sha256"), self.expdir,

@@ -1,4 +1,4 @@
-"""The "Dawn" A/D/V teacher: Wav2Vec2 + mean pooling + a tanh regression head.
+"""The "Dawn" A/D/V teacher: a speech encoder + mean pooling + a tanh regression head.
 
 Same module names as the released ``audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim``
 checkpoint (``wav2vec2.*``, ``classifier.dense``, ``classifier.out_proj``), so its
@@ -8,8 +8,12 @@ without running the checkpoint's remote code. The released head emits
 order and :meth:`DawnRegressor.avd` reorders to sertk's utt2avd order
 (arousal, valence, dominance).
 
-A WavLM (or HuBERT) backbone uses the same class (``type: wavlm``); the
-backbone attribute keeps the name ``wav2vec2`` so the key layout is one.
+Any encoder spec gives the backbone (sertk.models.encoder.build_encoder): a
+WavLM or HuBERT (``type: wavlm``), or a Whisper checkpoint's encoder
+(``name_or_path: openai/whisper-small``, ``window: clip``); the backbone
+attribute keeps the name ``wav2vec2`` so the key layout is one. The waveform
+is normalised per utterance (the release's processor) unless the backbone has
+a front end of its own (``normalizes_waveform = False``: Whisper's log-mel).
 """
 from __future__ import annotations
 
@@ -20,9 +24,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoConfig, AutoModel
 
-from sertk.models.encoder import frame_lengths, lengths_to_mask, normalize_waveform
+from sertk.models.encoder import build_encoder, frame_lengths, lengths_to_mask, normalize_waveform
 
 DAWN_OUTPUTS = ("arousal", "dominance", "valence")
 AVD_OUTPUTS = ("arousal", "valence", "dominance")
@@ -47,31 +50,32 @@ class RegressionHead(nn.Module):
 class DawnRegressor(nn.Module):
     """forward(wav (B, T), lengths (B,)) -> (B, 3) in (arousal, dominance, valence) order, unclipped."""
 
-    def __init__(self, config, dropout: float | None = None):
+    def __init__(self, backbone: nn.Module, dropout: float | None = None):
         super().__init__()
-        self.config = config
-        self.wav2vec2 = AutoModel.from_config(config)
-        p = dropout if dropout is not None else getattr(config, "final_dropout", 0.1)
-        self.classifier = RegressionHead(config.hidden_size, 3, p)
+        self.config = backbone.config
+        self.wav2vec2 = backbone
+        p = dropout if dropout is not None else getattr(self.config, "final_dropout", 0.1)
+        self.classifier = RegressionHead(self.config.hidden_size, 3, p)
 
     @classmethod
     def from_spec(cls, spec: dict) -> "DawnRegressor":
-        """A local model ``{type: wav2vec2, config: {...}, dropout: 0.1}``, or a pretrained
-        backbone with a fresh head ``{name_or_path: microsoft/wavlm-large, revision: ...}``."""
-        if spec.get("name_or_path"):
-            config = AutoConfig.from_pretrained(spec["name_or_path"], revision=spec.get("revision"))
-            model = cls(config, spec.get("dropout"))
-            model.wav2vec2 = AutoModel.from_pretrained(spec["name_or_path"], revision=spec.get("revision"),
-                                                       trust_remote_code=False)
-            return model
-        if not spec.get("type"):
-            raise ValueError("Dawn backbone spec needs 'type' (wav2vec2, wavlm, hubert) and 'config'")
-        return cls(AutoConfig.for_model(spec["type"], **(spec.get("config") or {})), spec.get("dropout"))
+        """A fresh head on any encoder spec: a local model ``{type: wav2vec2, config: {...}, dropout: 0.1}``,
+        a pretrained backbone ``{name_or_path: microsoft/wavlm-large, revision: ...}`` or a Whisper one."""
+        spec = dict(spec)
+        dropout = spec.pop("dropout", None)
+        return cls(build_encoder(spec), dropout)
+
+    @property
+    def normalizes_waveform(self) -> bool:
+        """Whether forward normalises each waveform: the release's processor does (do_normalize=True);
+        a backbone with its own front end (Whisper's log-mel) says it must not."""
+        return getattr(self.wav2vec2, "normalizes_waveform", True)
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if lengths is None:
             lengths = torch.full((wav.shape[0],), wav.shape[1], dtype=torch.long, device=wav.device)
-        wav = normalize_waveform(wav, lengths)  # the release's processor: do_normalize=True
+        if self.normalizes_waveform:
+            wav = normalize_waveform(wav, lengths)
         mask = lengths_to_mask(lengths, wav.shape[1]).long()
         hidden = self.wav2vec2(wav, attention_mask=mask).last_hidden_state
         n = frame_lengths(self.wav2vec2, lengths).clamp(min=1, max=hidden.shape[1])
@@ -128,8 +132,7 @@ def load_released(path: str | Path, revision: str | None = None) -> DawnRegresso
     cfg = json.loads(cfg_file.read_text())
     cfg.pop("architectures", None)
     cfg.pop("auto_map", None)
-    model_type = cfg.pop("model_type", "wav2vec2")
-    model = DawnRegressor(AutoConfig.for_model(model_type, **cfg))
+    model = DawnRegressor.from_spec({"type": cfg.pop("model_type", "wav2vec2"), "config": cfg})
     st = sorted(root.glob("*.safetensors"))
     if st:
         state = {}

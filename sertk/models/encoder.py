@@ -1,9 +1,12 @@
-"""Speech foundation-model encoders (Wav2Vec2, WavLM, HuBERT) from one spec.
+"""Speech foundation-model encoders (Wav2Vec2, WavLM, HuBERT, Whisper) from one spec.
 
 The same code path loads a hub checkpoint in a real recipe
 (``name_or_path: microsoft/wavlm-large``, optional ``revision``) and builds a
 small model from a local config in mini_emo and tests
 (``type: wav2vec2, config: {hidden_size: 64, ...}``). Remote code is never run.
+A Whisper checkpoint (``openai/whisper-*`` or a local dir) gives its encoder
+with its own log-mel front end (sertk.models.whisper_encoder; ``window: clip``
+or ``full``), behind the same interface as the waveform encoders.
 """
 from __future__ import annotations
 
@@ -11,9 +14,24 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
+from sertk.models.whisper_encoder import WhisperSpeechEncoder, is_whisper
+
+
+# the keys that say which model an encoder spec builds (tasks add their own: layer, freeze, normalize, ...)
+SPEC_KEYS = frozenset({"name_or_path", "revision", "kwargs", "type", "config", "window"})
+
 
 def build_encoder(spec: dict) -> nn.Module:
-    """Return a transformers audio encoder described by ``spec``."""
+    """Return a transformers audio encoder described by ``spec``: waveforms in, hidden states out."""
+    if spec.get("window") is not None and not is_whisper(spec):
+        raise ValueError(f"encoder {spec.get('name_or_path') or spec.get('type')}: 'window' applies to Whisper "
+                         f"encoders only")
+    if is_whisper(spec):
+        window = spec.get("window") or "clip"
+        if spec.get("name_or_path"):
+            return WhisperSpeechEncoder.from_pretrained(spec["name_or_path"], spec.get("revision"), window,
+                                                        **spec.get("kwargs", {}))
+        return WhisperSpeechEncoder.from_config(spec.get("config", {}), window)
     if spec.get("name_or_path"):
         return AutoModel.from_pretrained(
             spec["name_or_path"], revision=spec.get("revision"), trust_remote_code=False,
@@ -27,7 +45,10 @@ def build_encoder(spec: dict) -> nn.Module:
 
 def checkpoint_normalizes(spec: dict) -> bool:
     """Whether the checkpoint's own feature extractor normalises each waveform (``do_normalize``);
-    True for local configs and checkpoints without one (wav2vec 2.0's default)."""
+    True for local configs and checkpoints without one (wav2vec 2.0's default), False for Whisper
+    (its extractor leaves the waveform as it is)."""
+    if (spec.get("type") or spec.get("name_or_path")) and is_whisper(spec):
+        return False
     if not spec.get("name_or_path"):
         return True
     from transformers import AutoFeatureExtractor

@@ -40,7 +40,13 @@ class PrefixMapper(nn.Module):
                  mapper_layers: int = 1, mapper_heads: int = 4, dropout: float = 0.1):
         super().__init__()
         self.length = length
-        # LayerNorm first: frozen-encoder layers differ wildly in scale between models and layers
+        # Each feature dimension standardised with the training set's frame statistics (global CMVN; set by
+        # the task, saved with the weights): a frozen layer's dimensions differ in offset and scale (Whisper
+        # tiny.en layer 2: means up to 2.5, std 0.13-0.97), and without it SELM on Whisper never left the
+        # class prior. Identity until set.
+        self.register_buffer("feat_mean", torch.zeros(feat_dim))
+        self.register_buffer("feat_std", torch.ones(feat_dim))
+        # LayerNorm next: frozen-encoder layers differ wildly in scale between models and layers
         self.proj = nn.Sequential(nn.LayerNorm(feat_dim), nn.Linear(feat_dim, proj_hidden), nn.GELU(),
                                   nn.Linear(proj_hidden, lm_dim))
         self.queries = nn.Parameter(torch.randn(length, lm_dim) * 0.02)
@@ -48,8 +54,13 @@ class PrefixMapper(nn.Module):
                                            batch_first=True, norm_first=True)
         self.mapper = nn.TransformerEncoder(layer, mapper_layers, enable_nested_tensor=False)
 
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """The training set's per-dimension frame mean and std (sertk.features.embedding_cache.frame_stats)."""
+        self.feat_mean.copy_(mean)
+        self.feat_std.copy_(std.clamp(min=1e-5))
+
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x = self.proj(feats)
+        x = self.proj((feats - self.feat_mean) / self.feat_std)
         b = x.shape[0]
         valid = lengths_to_mask(lengths.to(x.device), x.shape[1])
         # every query starts from the utterance mean: a direct audio path, so the LM

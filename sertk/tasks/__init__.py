@@ -73,3 +73,19 @@ def label_map_of(cfg: dict, split, task: str):
     if not path:
         raise ValueError(f"{task} needs a label map (protocols.yaml 'label_map' or config 'label_map')")
     return LabelMap.load(path)
+
+
+CROP_KEYS = {"max_duration", "random_crop", "train_crop"}
+
+
+def audio_crop(data: dict | None, train: bool, where: str = "data") -> dict:
+    """``AudioDataset`` crop arguments of a ``data:`` section. ``max_duration`` caps every utterance (centre
+    crop: dev, test and ``sertk predict``); ``train_crop`` (seconds) trains on a random window of that length
+    instead (cheaper steps, more views of each utterance), ``random_crop`` on a random ``max_duration`` window."""
+    d = data or {}
+    crop = d.get("train_crop")
+    if crop is not None and not (isinstance(crop, (int, float)) and not isinstance(crop, bool) and crop > 0):
+        raise ValueError(f"{where}: train_crop must be a positive number of seconds or null, got {crop!r}")
+    if train and crop:
+        return {"max_duration": float(crop), "random_crop": True}
+    return {"max_duration": d.get("max_duration"), "random_crop": bool(train and d.get("random_crop", False))}

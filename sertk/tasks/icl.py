@@ -23,7 +23,6 @@ The frozen encoder's layer is cached once per utterance under
 from __future__ import annotations
 
 import logging
-import os
 from collections import ChainMap
 from pathlib import Path
 
@@ -38,14 +37,15 @@ from sertk.data.episodes import CONDITIONS, Episode, EpisodeSampler, enrolment_d
 from sertk.eval.kcurve import markdown_table, plot_kcurve, summarise, write_tsv
 from sertk.eval.metrics import bootstrap_ci, classification_metrics, scores_from_confusion
 from sertk.eval.results import write_result
-from sertk.features.embedding_cache import encoder_features, frozen_encoder
+from sertk.features.embedding_cache import encoder_features, frame_stats, frozen_encoder
+from sertk.models.encoder import SPEC_KEYS
 from sertk.models.heads import build_pooling
 from sertk.models.causal_lm import build_causal_lm
 from sertk.models.icl import EpisodeTemplate, ICLSpeechLM
 from sertk.models.personal_baselines import METHODS as BASELINE_METHODS, PersonalBaselines
 from sertk.models.text_tokenizer import HFTokenizer, SentencePieceTokenizer, TextTokenizer, load_tokenizer
 from sertk.tasks import TaskContext, label_map_of, reject_unknown
-from sertk.train.inference import model_device, place, resolve_device, to_device
+from sertk.train.inference import model_device, place, to_device
 from sertk.train.trainer import Trainer, TrainConfig, chance_level, load_weights, verdict
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def check_config(cfg: dict, where: str) -> None:
     m = cfg.get("model") or {}
     reject_unknown(m, {"encoder", "projector", "lm", "instruction", "label_prefix", "separator"}, f"{where}: model")
     enc = m.get("encoder") or {}
-    reject_unknown(enc, {"name_or_path", "revision", "kwargs", "type", "config", "layer", "normalize"},
+    reject_unknown(enc, SPEC_KEYS | {"layer", "normalize"},
                    f"{where}: model.encoder")
     if not (enc.get("name_or_path") or enc.get("type")):
         raise ValueError(f"{where}: model.encoder needs name_or_path or type+config")
@@ -128,14 +128,6 @@ def _build_model(cfg: dict, tokenizer: TextTokenizer, classes: list[str], feat_d
     return ICLSpeechLM(lm, feat_dim, template, m.get("projector"))
 
 
-def _cpu_threads(device: str) -> None:
-    """One intra-op thread on CPU unless OMP_NUM_THREADS says otherwise: episodes are many small
-    matrices, and on a shared 2-core machine two threads (spinning) ran mini_emo's stage 5 six times
-    slower than one (295 s vs 49 s)."""
-    if "OMP_NUM_THREADS" not in os.environ and resolve_device(device).type == "cpu":
-        torch.set_num_threads(1)
-
-
 class _Env:
     """What train and evaluate share for one split: labels, frozen encoder, cached features."""
 
@@ -146,7 +138,6 @@ class _Env:
         self.encoder, self.digest = frozen_encoder(self.spec, int((cfg.get("train") or {}).get("seed", 0)))
         self.data_cfg = cfg.get("data") or {}
         self.train_cfg = TrainConfig.from_dict(dict(cfg.get("train") or {}))
-        _cpu_threads(self.train_cfg.device)
         pooling = (cfg.get("baselines") or {}).get("pooling", "meanstd")
         self.pool, _ = build_pooling(pooling, self.encoder.hidden_size)
 
@@ -155,7 +146,7 @@ class _Env:
         ds = AudioDataset(self.ctx.datadir(set_name), sample_rate=self.ctx.sample_rate, label_map=None,
                           targets=(), max_duration=self.data_cfg.get("max_duration"))
         feats = encoder_features(self.ctx.dump / "encoder_feats", self.encoder, self.spec, self.digest, ds,
-                                 set_name, batch_size=self.data_cfg.get("cache_batch_size", 8))
+                                 set_name, batch_size=self.data_cfg.get("cache_batch_size", 1))
         dd = ds.datadir
         utts = [u for u in ds.utts if dd.utt2emo.get(u) in self.labels]
         if len(utts) < len(ds.utts):
@@ -294,13 +285,14 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     tokenizer = _make_tokenizer(cfg, classes)
     torch.manual_seed(seed)
     model = _build_model(cfg, tokenizer, classes, env.encoder.hidden_size)
+    model.prefixer.set_feature_stats(*frame_stats(tfeats[u] for u in tutts))
     model.check_fits(_max_k(cfg))
     aug = ep.get("speaker_augment") or {}
     train_set = EpisodeData(sampler=EpisodeSampler(tspk, ks, seed), per_epoch=int(ep.get("per_epoch", 2000)),
                             augment=bool(aug))
     dev_ks = [int(k) for k in ep.get("dev_k", (cfg.get("eval") or {}).get("k", DEFAULT_K))]
     dev_set = EpisodeData(episodes=dev_episodes(dspk, dy, dev_ks, int(ep.get("dev_queries", 8)), seed))
-    feat_std = torch.cat([tfeats[u] for u in tutts[::max(1, len(tutts) // 500)]]).std(0) if aug else None
+    feat_std = model.prefixer.feat_std.clone() if aug else None  # the training frames' std, as the projector's
     collate = EpisodeCollate(ChainMap(tfeats, dfeats), {**ty, **dy}, feat_std, float(aug.get("shift", 0.0)),
                              float(aug.get("scale", 0.0)))
 

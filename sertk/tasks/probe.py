@@ -31,13 +31,14 @@ from sertk.data.dataset import AudioDataset
 from sertk.data.labels import LabelMap
 from sertk.eval.metrics import classification_metrics
 from sertk.features.embedding_cache import encoder_features, frozen_encoder
+from sertk.models.encoder import SPEC_KEYS
 from sertk.models.heads import build_pooling
 from sertk.tasks import TaskContext, label_map_of, reject_unknown
 from sertk.tasks.egemaps_linear import fit_logreg, logreg_predict, speaker_normalize, standardize, write_classification
 
 log = logging.getLogger(__name__)
 POOLINGS = {"mean": "mean", "mean+std": "meanstd"}  # config name -> sertk.models.heads name
-ENCODER_KEYS = {"name_or_path", "revision", "kwargs", "type", "config", "layer", "normalize", "freeze"}
+ENCODER_KEYS = SPEC_KEYS | {"layer", "normalize", "freeze"}
 
 
 def check_config(cfg: dict, where: str) -> None:
@@ -55,16 +56,24 @@ def check_config(cfg: dict, where: str) -> None:
         raise ValueError(f"{where}: model.pooling must be one of {sorted(POOLINGS)}")
     reject_unknown(cfg.get("data") or {}, {"max_duration", "cache_batch_size"}, f"{where}: data")
     reject_unknown(cfg.get("eval") or {}, {"bootstrap"}, f"{where}: eval")
+    _check_layer(enc.get("layer", "last"), where)
     if not enc.get("name_or_path"):  # local configs are built for real; hub/zoo ones are not fetched
-        encoder, _ = frozen_encoder(enc, _seed(cfg))
-        _check_layer(encoder, enc.get("layer", "last"), where)
+        try:
+            frozen_encoder(enc, _seed(cfg))
+        except ValueError as e:  # an out-of-range layer, a window on a non-Whisper encoder: name the key
+            raise ValueError(f"{where}: model.encoder: {e}") from e
 
 
-def _check_layer(encoder, layer, where: str) -> None:
-    """An out-of-range layer would only fail inside the encoder's first batch."""
-    n = encoder.model.config.num_hidden_layers + 1
-    if layer not in ("last", "weighted") and not (isinstance(layer, int) and -n <= layer < n):
-        raise ValueError(f"{where}: model.encoder.layer {layer!r}: use last, weighted or an int in [0, {n})")
+def _check_layer(layer, where: str) -> None:
+    """The layer's kind; its range is checked where the encoder is built (SpeechEncoder, which names
+    the layers it has), for hub checkpoints at the first training too."""
+    if layer not in ("last", "weighted") and (isinstance(layer, bool) or not isinstance(layer, int)):
+        raise ValueError(f"{where}: model.encoder.layer {layer!r}: use last, weighted or a layer number")
+
+
+def encoder_name(spec: dict) -> str | None:
+    """An encoder as results name it: its checkpoint, or a local config's type (``whisper``)."""
+    return spec.get("name_or_path") or spec.get("type")
 
 
 def _seed(cfg: dict) -> int:
@@ -91,7 +100,7 @@ class _Features:
         ds = AudioDataset(self.ctx.datadir(set_name), sample_rate=self.ctx.sample_rate, label_map=None,
                           targets=(), max_duration=d.get("max_duration"))
         feats = encoder_features(self.ctx.dump / "encoder_feats", self.encoder, self.spec, self.digest, ds,
-                                 set_name, batch_size=d.get("cache_batch_size", 8))
+                                 set_name, batch_size=d.get("cache_batch_size", 1))
         x = np.stack([self._pool_one(feats[u]) for u in ds.utts])  # one lazy read per utterance
         x = x.astype(np.float64)
         if self.m.get("speaker_norm", False):
@@ -111,9 +120,10 @@ class _Features:
         return utts, gold, [labels.labels[i] for i in idx], probs
 
     def record(self) -> dict:
-        """What results.json's extra names the probed encoder by."""
-        return {"encoder": self.spec.get("name_or_path") or self.spec.get("type"),
-                "layer": self.spec.get("layer", "last")}
+        """What results.json's extra names the probed encoder by (a Whisper encoder's window too)."""
+        window = {"window": self.spec["window"]} if self.spec.get("window") else {}
+        return {"encoder": encoder_name(self.spec),
+                "layer": self.spec.get("layer", "last"), **window}
 
 
 def train(cfg: dict, split: Split, ctx: TaskContext) -> None:

@@ -31,8 +31,8 @@ from sertk.common.protocol import Split
 from sertk.data.dataset import AudioDataset, collate_audio
 from sertk.eval.metrics import bootstrap_ci, classification_metrics
 from sertk.eval.results import load_result, write_result
-from sertk.features.embedding_cache import encoder_features, frozen_encoder
-from sertk.models.encoder import SpeechEncoder
+from sertk.features.embedding_cache import compute_features, encoder_features, frame_stats, frozen_encoder
+from sertk.models.encoder import SPEC_KEYS, SpeechEncoder
 from sertk.models.selm import SELM, build_lm, encode_example
 from sertk.models.text_tokenizer import HFTokenizer, SentencePieceTokenizer, TextTokenizer, load_tokenizer
 from sertk.models.views import LEVELS, SENTIMENTS, VIEW_NAMES, View, make_views, map_gold, view_values
@@ -50,8 +50,8 @@ def check_config(cfg: dict, where: str) -> None:
     m = cfg.get("model") or {}
     reject_unknown(m, {"encoder", "prefix", "lm", "prompt", "views", "avd_thresholds"}, f"{where}: model")
     enc = m.get("encoder") or {}
-    reject_unknown(enc, {"from_experiment", "name_or_path", "revision", "kwargs", "type", "config", "layer",
-                         "normalize"}, f"{where}: model.encoder")
+    reject_unknown(enc, SPEC_KEYS | {"from_experiment",
+                         "layer", "normalize"}, f"{where}: model.encoder")
     if not (enc.get("from_experiment") or enc.get("name_or_path") or enc.get("type")):
         raise ValueError(f"{where}: model.encoder needs from_experiment, name_or_path or type+config")
     reject_unknown(m.get("prefix") or {}, {"length", "proj_hidden", "mapper_layers", "mapper_heads", "dropout"},
@@ -262,7 +262,7 @@ class _Env:
         if not self.use_cache:
             return ds
         return encoder_features(self.ctx.dump / "encoder_feats", self.encoder, self.encoder_spec, self.weights_digest,
-                                ds, set_name, batch_size=(self.cfg.get("data") or {}).get("cache_batch_size", 8))
+                                ds, set_name, batch_size=(self.cfg.get("data") or {}).get("cache_batch_size", 1))
 
     def data(self, set_name: str):
         """(features or audio source, data dir) of a set."""
@@ -275,6 +275,14 @@ class _Env:
         utts = utts if utts is not None else dd.utts
         ex = _examples(dd, utts, self.gold, views, self.thresholds, only, strict)
         return ViewExamples(src, utts, ex, views, tokenizer, prompt_ids(self.cfg, tokenizer))
+
+    def feature_stats(self, set_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension frame statistics of a set's frozen-encoder features (the projector standardises
+        with the training set's): from the cache, or one pass of the encoder when caching is off."""
+        src = self.source(set_name)
+        if isinstance(src, AudioDataset):
+            return frame_stats(t for batch in compute_features(self.encoder, src) for t in batch.values())
+        return frame_stats(src[u] for u in src)
 
     def model(self, tokenizer: TextTokenizer) -> SELM:
         return _build_model(self.cfg, tokenizer, self.encoder.hidden_size,
@@ -363,6 +371,7 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     if not split.dev:
         log.warning("protocol %s has no dev set: selecting the checkpoint on the training data", split.tag)
     model = env.model(tokenizer)
+    model.prefixer.set_feature_stats(*env.feature_stats(split.train))
     summary = _fit(model, train_set, dev_set, env, tokenizer, cfg.get("train") or {}, ctx.expdir)
     tokenizer.save(ctx.expdir / "tokenizer")
     info = {"task": "selm", "model": cfg["model"], "encoder": env.encoder_spec,

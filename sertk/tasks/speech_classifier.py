@@ -20,8 +20,9 @@ from sertk.data.dataset import AudioDataset, collate_audio
 from sertk.data.labels import LabelMap
 from sertk.eval.metrics import bootstrap_ci, classification_metrics, regression_metrics
 from sertk.eval.results import write_result
+from sertk.models.encoder import SPEC_KEYS
 from sertk.models.classifier import SpeechClassifier
-from sertk.tasks import TaskContext, label_map_of, reject_unknown
+from sertk.tasks import CROP_KEYS, TaskContext, audio_crop, label_map_of, reject_unknown
 from sertk.train.losses import ccc_loss
 from sertk.train.distributed import env_info
 from sertk.train.inference import place, predict, run_model
@@ -49,10 +50,8 @@ def build_model(cfg: dict, num_outputs: int) -> SpeechClassifier:
 
 
 def _dataset(cfg: dict, ctx: TaskContext, set_name: str, labels: LabelMap | None, train: bool) -> AudioDataset:
-    d = cfg.get("data", {})
     return AudioDataset(ctx.datadir(set_name), sample_rate=ctx.sample_rate, label_map=labels,
-                        targets=("avd",) if labels is None else ("emo",),
-                        max_duration=d.get("max_duration"), random_crop=train and d.get("random_crop", False))
+                        targets=("avd",) if labels is None else ("emo",), **audio_crop(cfg.get("data"), train))
 
 
 def check_config(cfg: dict, where: str) -> None:
@@ -60,9 +59,10 @@ def check_config(cfg: dict, where: str) -> None:
     model = cfg.get("model") or {}
     reject_unknown(model, {"encoder", "pooling", "head_hidden", "dropout"}, f"{where}: model")
     enc = model.get("encoder") or {}
-    reject_unknown(enc, {"name_or_path", "revision", "kwargs", "type", "config", "layer", "freeze",
+    reject_unknown(enc, SPEC_KEYS | {"layer", "freeze",
                          "freeze_feature_encoder", "normalize"}, f"{where}: model.encoder")
-    reject_unknown(cfg.get("data") or {}, {"max_duration", "random_crop", "buckets"}, f"{where}: data")
+    reject_unknown(cfg.get("data") or {}, CROP_KEYS | {"buckets"}, f"{where}: data")
+    audio_crop(cfg.get("data"), True, f"{where}: data")
     reject_unknown(cfg.get("eval") or {}, {"batch_size", "bootstrap"}, f"{where}: eval")
     TrainConfig.from_dict(dict(cfg.get("train") or {}))
     if not enc.get("name_or_path"):  # local configs are built for real; hub ones are not fetched
@@ -146,11 +146,12 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         protocol = split.record(test, ctx.data)
         extra = {"fold": split.fold, "baseline": bool(cfg.get("baseline")), "model_dir": str(ctx.expdir),
                  "best_dev": info.get("best_dev"), "collapsed": bool(info.get("collapsed"))}
+        n_boot = cfg.get("eval", {}).get("bootstrap", 1000)
         if labels is None:
             gold = np.array([ds.datadir.utt2avd[u] for u in utts])
             metrics = regression_metrics(out, gold, AVD_NAMES)
-            metrics["ccc_mean_ci"] = list(bootstrap_ci(gold, out, "ccc_mean",
-                                                       n_boot=cfg.get("eval", {}).get("bootstrap", 1000)))
+            if n_boot:
+                metrics["ccc_mean_ci"] = list(bootstrap_ci(gold, out, "ccc_mean", n_boot=n_boot))
             write_text_atomic(outdir / "predictions.txt",
                               "".join(f"{u} {' '.join(f'{v:.5f}' for v in row)}\n" for u, row in zip(utts, out)))
             path = outdir / "results.json"
@@ -160,10 +161,8 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
             gold = [labels.canonical(ds.datadir.utt2emo[u]) for u in utts]
             pred = [labels.labels[i] for i in out.argmax(1)]
             metrics = classification_metrics(gold, pred, labels.labels)
-            n_boot = cfg.get("eval", {}).get("bootstrap", 1000)
             if n_boot:
-                metrics["uar_ci"] = list(bootstrap_ci(
-                    gold, pred, "uar", n_boot=n_boot))
+                metrics["uar_ci"] = list(bootstrap_ci(gold, pred, "uar", n_boot=n_boot))
             probs = torch.softmax(torch.from_numpy(out), 1).numpy()
             write_text_atomic(outdir / "predictions.txt", "".join(f"{u} {p}\n" for u, p in zip(utts, pred)))
             write_text_atomic(outdir / "scores.txt", "# utt " + " ".join(labels.labels) + "\n" + "".join(

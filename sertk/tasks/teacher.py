@@ -1,8 +1,9 @@
 """Stage 7/8 teacher: the Dawn A/D/V regressor, alone or as an ensemble (task: teacher).
 
 Each member is either the released checkpoint (``pretrained:`` a hub name or
-local dir; used as is) or a Dawn model built from a local backbone config and
-trained here on the split's human A/V/D with the CCC loss. ``train`` writes
+local dir; used as is) or a Dawn model on a ``backbone:`` encoder spec (a hub
+checkpoint or local config: Wav2Vec2, WavLM, HuBERT, or a Whisper encoder with
+its ``window``) trained here on the split's human A/V/D with the CCC loss. ``train`` writes
 ``<member>/best.safetensors`` and ``teacher.yaml`` (what :func:`load_teacher`
 needs); ``evaluate`` scores the ensemble mean against human labels.
 """
@@ -20,8 +21,9 @@ from sertk.common.protocol import Split
 from sertk.data.dataset import AudioDataset, collate_audio
 from sertk.eval.metrics import bootstrap_ci, regression_metrics
 from sertk.eval.results import write_result
+from sertk.models.encoder import SPEC_KEYS
 from sertk.models.dawn import AVD_OUTPUTS, DawnRegressor, EnsembleTeacher, load_released
-from sertk.tasks import TaskContext, reject_unknown
+from sertk.tasks import CROP_KEYS, TaskContext, audio_crop, reject_unknown
 from sertk.tasks.speech_classifier import length_buckets
 from sertk.train.inference import place, predict, run_model
 from sertk.train.losses import ccc_loss
@@ -29,6 +31,7 @@ from sertk.train.trainer import Trainer, TrainConfig, chance_level, constant_out
 
 log = logging.getLogger(__name__)
 _TO_DAWN = [AVD_OUTPUTS.index(n) for n in ("arousal", "dominance", "valence")]
+BACKBONE_KEYS = SPEC_KEYS  # sertk.models.encoder specs
 
 
 def check_config(cfg: dict, where: str) -> None:
@@ -44,9 +47,11 @@ def check_config(cfg: dict, where: str) -> None:
         reject_unknown(m, {"name", "pretrained", "revision", "backbone", "dropout", "freeze_feature_encoder"}, w)
         if bool(m.get("pretrained")) == bool(m.get("backbone")):
             raise ValueError(f"{w}: give exactly one of 'pretrained' (released checkpoint) or 'backbone' (local)")
+        reject_unknown(m.get("backbone") or {}, BACKBONE_KEYS, f"{w}: backbone")
         if m.get("backbone") and not m["backbone"].get("name_or_path"):  # hub weights are not fetched here
             build_member(m)
-    reject_unknown(cfg.get("data") or {}, {"max_duration", "random_crop", "buckets"}, f"{where}: data")
+    reject_unknown(cfg.get("data") or {}, CROP_KEYS | {"buckets"}, f"{where}: data")
+    audio_crop(cfg.get("data"), True, f"{where}: data")
     reject_unknown(cfg.get("eval") or {}, {"batch_size", "bootstrap", "gold_range"}, f"{where}: eval")
     gold_range(cfg, where)
     TrainConfig.from_dict(dict(cfg.get("train") or {}))
@@ -79,9 +84,7 @@ def build_member(m: dict) -> DawnRegressor:
 
 
 def _dataset(cfg: dict, ctx: TaskContext, name: str, train: bool) -> AudioDataset:
-    d = cfg.get("data") or {}
-    return AudioDataset(ctx.datadir(name), ctx.sample_rate, targets=("avd",), max_duration=d.get("max_duration"),
-                        random_crop=train and d.get("random_crop", False))
+    return AudioDataset(ctx.datadir(name), ctx.sample_rate, targets=("avd",), **audio_crop(cfg.get("data"), train))
 
 
 class _AVD(torch.nn.Module):

@@ -8,7 +8,8 @@ Evaluation only (``sertk evaluate``; stage 9 of ser.sh). Per protocol split:
    embedding- and score-space ensembles, and the ensemble with prompt
    amplification ``N`` for every ``N`` of ``zero_shot.amplify``;
 2. every FM (``fms:``) is a frozen-encoder probe (sertk.tasks.probe, its own
-   code) trained on the split's train set under ``<expdir>/fm/<name>``;
+   code: any encoder spec, Wav2Vec2/WavLM/HuBERT or a Whisper checkpoint with
+   its ``window``) trained on the split's train set under ``<expdir>/fm/<name>``;
 3. fusion (sertk.fusion.late_fusion) of the ALMs (as ``zero_shot.ensemble``
    with ``zero_shot.amplify_in_fusion``) and FMs, in every combination:
    each ALM with each FM, all ALMs, all FMs, everything; each once with dev
@@ -168,7 +169,7 @@ def _alm_systems(cfg: dict, split: Split, ctx: TaskContext, labels: list[str], d
                 ds = AudioDataset(ctx.datadir(s), sample_rate=clap.sample_rate, label_map=None, targets=())
                 feats = cached_features(ctx.dump / "clap_embeds", key, s, emb, ds,
                                         {"clap": clap.spec(n_audio), "weights_sha256": clap.digest},
-                                        batch_size=int(zs.get("batch_size", 16)))
+                                        batch_size=int(zs.get("batch_size", 1)))
                 audio[n_audio, s] = np.stack([feats[u][0].numpy() for u in ds.utts])
 
         def scores(ensemble: str, n: int) -> tuple[np.ndarray, dict]:
@@ -284,6 +285,7 @@ def _slug(name: str) -> str:
 
 def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
     from sertk.data.datadir import DataDir
+    from sertk.tasks import probe
     from sertk.tasks.egemaps_linear import write_classification
 
     labels = LabelMap.load(cfg.get("label_map") or split.label_map)
@@ -326,7 +328,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         pred = [labels.labels[i] for i in headline.test[test].argmax(1)]
         extra = {"fold": split.fold, "system": headline.name, "ablation": table, "gain": gain,
                  "alms": {k: v.get("name_or_path") for k, v in cfg["alms"].items()},
-                 "fms": {k: (v.get("encoder") or {}).get("name_or_path") for k, v in cfg["fms"].items()},
+                 "fms": {k: probe.encoder_name(v.get("encoder") or {}) for k, v in cfg["fms"].items()},
                  "model_dir": str(ctx.expdir)}
         path, metrics = write_classification(outdir, ctx, split.record(test, ctx.data), utts, g, pred,
                                              labels.labels, extra, n_boot, np.exp(log_softmax(headline.test[test])))

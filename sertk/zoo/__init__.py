@@ -10,8 +10,11 @@ A zoo model is one entry of the zoo config (``conf/zoo.yaml``) plus one
 training module registered in :data:`TRAINERS`; the module exposes
 ``check(entry, where)``, ``shrink(entry)`` (smoke size, in place) and
 ``train(name, entry, pool, workdir, outdir) -> dict`` (metadata for ``zoo.json``
-and the README). A model whose entry, pool and
-training code are unchanged is up to date and skipped.
+and the README), optionally ``readme(meta)`` (its own model card) and
+``USES_POOL = False`` (an imported model: the pool is not part of its digest).
+A model whose entry, pool and training code are unchanged is up to date and
+skipped. One entry is real, not trained: ``whisper_ct2`` imports OpenAI's
+Whisper tiny.en from an installed PyPI wheel (sertk.zoo.whisper_ct2).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ TRAINERS = {
     "text_lm": "sertk.zoo.text_lm",
     "generative_alm": "sertk.zoo.generative_alm",
     "clap": "sertk.zoo.clap",
+    "whisper_ct2": "sertk.zoo.whisper_ct2",
 }
 META_FILE = "zoo.json"
 
@@ -57,19 +61,107 @@ def check_zoo_config(cfg: dict, where: str = "zoo config") -> None:
         if not isinstance(entry, dict) or "trainer" not in entry:
             raise ValueError(f"{where}: models.{name}: needs 'trainer' (one of {', '.join(sorted(TRAINERS))})")
         get_trainer(entry["trainer"]).check(entry, f"{where}: models.{name}")
+    build_order(cfg)  # every model a model starts from is defined, and none starts from itself
 
 
 def _code_digest(module) -> str:
-    """The trainer's source and this package's shared code: changed code rebuilds the model."""
+    """The trainer's source, the sertk.zoo modules it imports from and this package's shared code:
+    changed code rebuilds the model."""
     here = Path(__file__).resolve().parent
-    files = sorted({Path(inspect.getfile(module)).resolve(), here / "__init__.py", here / "pool.py",
-                    here / "common.py"})
-    return hash_obj({p.name: p.read_text() for p in files if p.is_file()})
+    used = {getattr(v, "__module__", None) or getattr(v, "__name__", "") for v in vars(module).values()}
+    files = {Path(inspect.getfile(module)).resolve(), here / "__init__.py", here / "pool.py", here / "common.py"}
+    files |= {here / f"{m.rsplit('.', 1)[1]}.py" for m in used if m and m.startswith(f"{__name__}.")}
+    return hash_obj({p.name: p.read_text() for p in sorted(files) if p.is_file()})
+
+
+def requirements(cfg: dict, name: str) -> list[str]:
+    """The zoo models ``name`` starts from (trainer ``requires(entry)``), each named in the zoo config."""
+    entry = cfg["models"][name]
+    needs = list(getattr(get_trainer(entry["trainer"]), "requires", lambda e: [])(entry))
+    unknown = [n for n in needs if n not in cfg["models"]]
+    if unknown:
+        raise ValueError(f"zoo config: models.{name} starts from {unknown}, which the zoo config does not define")
+    return needs
+
+
+def build_order(cfg: dict, only: list[str] | None = None) -> list[str]:
+    """``only`` (or every model) plus what they start from, in config order but each after its requirements."""
+    missing = [n for n in only or [] if n not in cfg["models"]]
+    if missing:
+        raise ValueError(f"zoo config has no model(s) {missing}; it has {sorted(cfg['models'])}")
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise ValueError(f"zoo config: models {' -> '.join(path + (name,))} start from each other")
+        if name not in order:
+            for need in requirements(cfg, name):
+                visit(need, path + (name,))
+            order.append(name)
+
+    for n in (m for m in cfg["models"] if not only or m in only):  # config order: longest training first
+        visit(n, ())
+    return order
+
+
+def models_named_in(config_paths: list[str | Path], cfg: dict, zoo_dir: str | Path = "zoo") -> list[str]:
+    """The zoo models recipe configs name: every string value ``<zoo_dir>/<name>`` (or a path inside it).
+    A name the zoo config does not define is an error naming the config and the key."""
+    import yaml
+
+    prefix = str(zoo_dir).rstrip("/") + "/"
+
+    def named(node, where: str = "") -> dict[str, str]:
+        """name -> the first key that names it, in one config."""
+        if isinstance(node, dict):
+            items = [(f"{where}.{k}" if where else str(k), v) for k, v in node.items()]
+        elif isinstance(node, list):
+            items = [(f"{where}[{i}]", v) for i, v in enumerate(node)]
+        elif isinstance(node, str) and node.startswith(prefix):
+            return {node[len(prefix):].split("/")[0]: where}
+        else:
+            return {}
+        out: dict[str, str] = {}
+        for w, v in items:
+            for n, key in named(v, w).items():
+                out.setdefault(n, key)
+        return out
+
+    names: set[str] = set()
+    for path in config_paths:
+        found = named(yaml.safe_load(Path(path).read_text()) or {})
+        unknown = [(n, w) for n, w in found.items() if n not in cfg["models"]]
+        if unknown:
+            n, w = unknown[0]
+            raise ValueError(f"{path}: {w} names {prefix}{n}, which the zoo config does not define "
+                             f"(it has {', '.join(sorted(cfg['models']))})")
+        names |= set(found)
+    return sorted(names)
+
+
+def model_digests(cfg: dict, pool: Pool, names: list[str]) -> dict[str, str]:
+    """Digest of each model (in build order): its entry, the pool (if it uses it), the seed, the thread count
+    it trains on (float results depend on it), its code, and the digests of the models it starts from, so a
+    rebuilt requirement rebuilds its dependants."""
+    from sertk.common.threads import current_threads
+
+    seed = int(cfg.get("seed", 0))
+    threads = current_threads()
+    out: dict[str, str] = {}
+    for name in build_order(cfg, names):
+        entry = cfg["models"][name]
+        module = get_trainer(entry["trainer"])
+        pool_digest = pool.digest if getattr(module, "USES_POOL", True) else None
+        out[name] = hash_obj({"entry": entry, "pool": pool_digest, "seed": seed, "threads": threads,
+                              "code": _code_digest(module),
+                              **({"requires": {n: out[n] for n in requirements(cfg, name)}}
+                                 if requirements(cfg, name) else {})})
+    return out
 
 
 def model_digest(entry: dict, pool: Pool, seed: int) -> str:
-    module = get_trainer(entry["trainer"])
-    return hash_obj({"entry": entry, "pool": pool.digest, "seed": seed, "code": _code_digest(module)})
+    """The digest of a model that starts from no other zoo model (see :func:`model_digests`)."""
+    return model_digests({"seed": seed, "models": {"_": entry}}, pool, ["_"])["_"]
 
 
 def is_up_to_date(outdir: Path, digest: str) -> bool:
@@ -82,37 +174,33 @@ def is_up_to_date(outdir: Path, digest: str) -> bool:
 
 def pending_models(cfg: dict, pool_dir: str | Path, zoo_dir: str | Path, only: list[str] | None = None,
                    force: bool = False) -> list[str]:
-    """The zoo models a build would train (``only``, or all), in config order: not up to date or forced."""
+    """The zoo models a build would train (``only`` and their requirements, or all), in build order: not up to
+    date or forced."""
     check_zoo_config(cfg)
-    pool = Pool.load(pool_dir)
-    seed = int(cfg.get("seed", 0))
-    names = list(cfg["models"]) if not only else only
-    return [n for n in names if n in cfg["models"] and
-            (force or not is_up_to_date(Path(zoo_dir) / n, model_digest(cfg["models"][n], pool, seed)))]
+    digests = model_digests(cfg, Pool.load(pool_dir), build_order(cfg, only))
+    return [n for n, d in digests.items() if force or not is_up_to_date(Path(zoo_dir) / n, d)]
 
 
 def build_zoo(cfg: dict, pool_dir: str | Path, zoo_dir: str | Path, only: list[str] | None = None,
               force: bool = False) -> dict[str, dict]:
-    """Train every (or ``only`` these) zoo model that is not up to date; return name -> metadata.
+    """Train every (or ``only`` these, and what they start from) zoo model that is not up to date; return
+    name -> metadata.
 
     Training runs in ``<zoo>/.work/<name>`` (trainer checkpoints: an interrupted
     build resumes); the finished model replaces ``<zoo>/<name>`` in one rename.
     """
+    from sertk.common.threads import current_threads
     from sertk.train.trainer import seed_everything
 
     check_zoo_config(cfg)
     zoo_dir = Path(zoo_dir)
     pool = Pool.load(pool_dir)
     seed = int(cfg.get("seed", 0))
-    names = list(cfg["models"]) if not only else only
-    missing = [n for n in names if n not in cfg["models"]]
-    if missing:
-        raise ValueError(f"zoo config has no model(s) {missing}; it has {sorted(cfg['models'])}")
+    digests = model_digests(cfg, pool, build_order(cfg, only))
     done = {}
-    for name in names:
+    for name, digest in digests.items():
         entry = cfg["models"][name]
         outdir = zoo_dir / name
-        digest = model_digest(entry, pool, seed)
         if not force and is_up_to_date(outdir, digest):
             log.info("zoo/%s: up to date", name)
             continue
@@ -127,15 +215,20 @@ def build_zoo(cfg: dict, pool_dir: str | Path, zoo_dir: str | Path, only: list[s
         seed_everything(seed)
         start = time.time()
         module = get_trainer(entry["trainer"])
-        log.info("zoo/%s: training (%s) on the pre-training pool %s (%d utterances, %d speakers)", name,
-                 entry["trainer"], pool.path, len(pool.utts), len(pool.speakers))
+        uses_pool = getattr(module, "USES_POOL", True)
+        if uses_pool:
+            log.info("zoo/%s: training (%s) on the pre-training pool %s (%d utterances, %d speakers)", name,
+                     entry["trainer"], pool.path, len(pool.utts), len(pool.speakers))
+        else:
+            log.info("zoo/%s: importing (%s)", name, entry["trainer"])
         with atomic_dir(outdir) as tmp:
-            meta = module.train(name, entry, pool, workdir, Path(tmp))
+            meta = module.train(name, entry, pool, workdir, Path(tmp), zoo_dir=zoo_dir)
             meta = {"name": name, "trainer": entry["trainer"], "stands_in_for": entry.get("stands_in_for"),
                     "description": entry.get("description", ""), **meta,
-                    "pool": pool.summary(), "train_seconds": round(time.time() - start, 1), "digest": digest}
+                    "pool": pool.summary() if uses_pool else None, "train_seconds": round(time.time() - start, 1),
+                    "threads": current_threads(), "digest": digest}
             write_json_atomic(Path(tmp) / META_FILE, meta)
-            write_text_atomic(Path(tmp) / "README.md", readme(meta))
+            write_text_atomic(Path(tmp) / "README.md", getattr(module, "readme", readme)(meta))
         log.info("zoo/%s: saved (%s, %s parameters) in %.0f s", name, meta.get("class"),
                  f"{meta.get('params', 0):,}", meta["train_seconds"])
         done[name] = meta

@@ -223,7 +223,7 @@ class ZeroShotDev:
         return {"loss": tot / max(n, 1), "zs_uar": float(uar)}
 
 
-def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path) -> dict:
+def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path, zoo_dir: Path | None = None) -> dict:
     data = entry.get("data") or {}
     fe = feature_extractor(entry)
     tcfg = TrainConfig.from_dict({"select_metric": "zs_uar", "select_mode": "max", **(entry.get("train") or {})})

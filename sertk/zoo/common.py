@@ -72,6 +72,7 @@ def shrink_zoo_config(cfg: dict) -> dict:
 
     cfg = copy.deepcopy(cfg)
     for e in cfg["models"].values():
-        e["train"].update(epochs=1, batch_size=4, warmup_steps=0, progress=False)
+        if "train" in e:  # an imported model trains nothing
+            e["train"].update(epochs=1, batch_size=4, warmup_steps=0, progress=False)
         get_trainer(e["trainer"]).shrink(e)
     return cfg

@@ -19,6 +19,13 @@ Instruction data, built from every pool utterance (its audio is the input):
 eGeMAPS is extracted only for the token-bearing utterances (openSMILE costs
 about 40 ms an utterance on one core) into a store under the work dir, so an
 interrupted build does not extract again.
+
+Audio tower: Qwen2-Audio's is a Whisper encoder (the same module names), so
+``audio_tower: {init: <zoo Whisper model>}`` starts it from that model's
+encoder (its sizes, its mel bins, the first positions of its table for this
+window) instead of a small random one; with ``freeze: true`` (default) it stays
+as imported and its outputs are computed once per utterance, so training runs
+only the projector and the LM.
 """
 from __future__ import annotations
 
@@ -52,7 +59,11 @@ DEFAULT_PROMPTS = {
 
 def check(entry: dict, where: str) -> None:
     reject_unknown(entry, {"trainer", "stands_in_for", "description", "config", "features", "tokenizer", "prompts",
-                           "tokens", "data", "train"}, where)
+                           "tokens", "data", "train", "audio_tower"}, where)
+    tower = entry.get("audio_tower") or {}
+    reject_unknown(tower, {"init", "freeze"}, f"{where}: audio_tower")
+    if tower and (entry.get("config") or {}).get("audio"):
+        raise ValueError(f"{where}: give config.audio (a new tower) or audio_tower.init (a zoo Whisper's), not both")
     cfg = entry.get("config") or {}
     reject_unknown(cfg, {"audio", "text"}, f"{where}: config")
     reject_unknown(entry.get("features") or {}, {"num_mel_bins", "max_duration"}, f"{where}: features")
@@ -67,23 +78,39 @@ def check(entry: dict, where: str) -> None:
     TrainConfig.from_dict(dict(entry.get("train") or {}))
 
 
+def requires(entry: dict) -> list[str]:
+    """Zoo models built before this one: the Whisper its audio tower starts from."""
+    init = (entry.get("audio_tower") or {}).get("init")
+    return [init] if init else []
+
+
 def shrink(entry: dict) -> None:
     """Smoke size (sertk.zoo.common.shrink_zoo_config): narrow layers, few token utterances, one dev speaker."""
-    entry["config"]["audio"].update(d_model=32, encoder_ffn_dim=64)
+    if "audio" in entry.get("config", {}):  # an imported tower keeps its size
+        entry["config"]["audio"].update(d_model=32, encoder_ffn_dim=64)
     entry["config"]["text"].update(hidden_size=32, intermediate_size=64)
     entry.setdefault("tokens", {}).update(utterances=8, nj=1)
     entry.setdefault("data", {})["dev_speakers"] = 1
 
 
-def build_config(entry: dict, vocab_size: int, audio_token_id: int):
+def build_config(entry: dict, vocab_size: int, audio_token_id: int, tower_config=None):
+    """Qwen2-Audio config: the audio side from ``config.audio`` or, given ``tower_config`` (a WhisperConfig),
+    that Whisper encoder's sizes and mel bins; positions for the ``features.max_duration`` window."""
     from transformers import Qwen2AudioConfig
 
     cfg = entry.get("config") or {}
     feat = entry.get("features") or {}
     frames = int(round(float(feat.get("max_duration", 4.0)) * 100))  # 10 ms hop
-    audio = {"encoder_layers": 2, "encoder_attention_heads": 2, "d_model": 64, "encoder_ffn_dim": 128,
-             **(cfg.get("audio") or {}), "num_mel_bins": int(feat.get("num_mel_bins", 32)),
-             "max_source_positions": frames // 2}
+    if tower_config is not None:
+        c = tower_config
+        own = {"encoder_layers": c.encoder_layers, "encoder_attention_heads": c.encoder_attention_heads,
+               "d_model": c.d_model, "encoder_ffn_dim": c.encoder_ffn_dim, "num_mel_bins": c.num_mel_bins}
+        if frames // 2 > c.max_source_positions:
+            raise ValueError(f"features.max_duration {frames / 100:g} s exceeds the Whisper window")
+    else:
+        own = {"encoder_layers": 2, "encoder_attention_heads": 2, "d_model": 64, "encoder_ffn_dim": 128,
+               **(cfg.get("audio") or {}), "num_mel_bins": int(feat.get("num_mel_bins", 32))}
+    audio = {**own, "max_source_positions": frames // 2}
     text = {"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
             "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 512,
             **(cfg.get("text") or {}), "vocab_size": vocab_size}
@@ -135,7 +162,8 @@ class _Examples(torch.utils.data.Dataset):
         return self.rows[i]
 
 
-def _collate(feats: np.ndarray, masks: np.ndarray, pad: int):
+def _collate(feats: np.ndarray, masks: np.ndarray, pad: int, tower: list[torch.Tensor] | None = None):
+    """Token batches with their audio: log-mel features, or (frozen tower) the tower's cached outputs."""
     def fn(items):
         width = max(len(ids) for ids, _, _ in items)
         ids = torch.full((len(items), width), pad, dtype=torch.long)
@@ -146,13 +174,70 @@ def _collate(feats: np.ndarray, masks: np.ndarray, pad: int):
             labels[b, :len(y)] = torch.tensor(y)
             att[b, :len(x)] = 1
         idx = [i for _, _, i in items]
-        return {"input_ids": ids, "attention_mask": att, "labels": labels,
-                "input_features": torch.from_numpy(feats[idx]), "feature_attention_mask": torch.from_numpy(masks[idx])}
+        batch = {"input_ids": ids, "attention_mask": att, "labels": labels}
+        if tower is not None:  # the utterances' valid tower frames, in prompt order
+            return {**batch, "audio_embeds": torch.cat([tower[i] for i in idx])}
+        return {**batch, "input_features": torch.from_numpy(feats[idx]),
+                "feature_attention_mask": torch.from_numpy(masks[idx])}
     return fn
 
 
-def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path) -> dict:
-    from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor, WhisperFeatureExtractor
+def load_whisper_tower(tower: torch.nn.Module, whisper_dir: Path) -> None:
+    """Copy a Whisper checkpoint's encoder into a Qwen2-Audio audio tower (same module names); the positional
+    table is cut to the tower's window. Every tower weight must come from the checkpoint."""
+    from transformers import WhisperForAudioClassification
+
+    enc = WhisperForAudioClassification.from_pretrained(whisper_dir).encoder.state_dict()
+    own = tower.state_dict()
+    state = {k: (v[:own[k].shape[0]] if k == "embed_positions.weight" else v) for k, v in enc.items() if k in own}
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise ValueError(f"{whisper_dir}: its encoder has no {missing[:3]} for the audio tower")
+    tower.load_state_dict(state, strict=True)
+
+
+@torch.no_grad()
+def tower_outputs(model, feats: np.ndarray, masks: np.ndarray, n_audio: list[int]) -> list[torch.Tensor]:
+    """Each utterance's audio-tower output (its valid frames), computed alone through the model's own forward
+    (a hook takes the tower's output; the LM never runs), so it is what the model computes at inference."""
+    tower, got = model.model.audio_tower, {}
+
+    def grab(module, args, output):
+        got["out"] = output.last_hidden_state
+        raise _Stop
+
+    handle = tower.register_forward_hook(grab)
+    out = []
+    try:
+        for i in range(len(feats)):
+            ids = torch.full((1, n_audio[i]), model.config.audio_token_id, dtype=torch.long)
+            try:
+                model(input_ids=ids, input_features=torch.from_numpy(feats[i:i + 1]),
+                      feature_attention_mask=torch.from_numpy(masks[i:i + 1]))
+            except _Stop:
+                pass
+            out.append(got.pop("out")[0, :n_audio[i]].clone())
+    finally:
+        handle.remove()
+    return out
+
+
+class _Stop(Exception):
+    """Raised by the tower hook: the rest of the forward is not needed."""
+
+
+def frozen_tower_loss(model, batch: dict) -> torch.Tensor:
+    """The training loss with the audio tower's outputs given: projector, placed at the audio tokens, LM."""
+    emb = model.get_input_embeddings()(batch["input_ids"])
+    audio = model.model.multi_modal_projector(batch["audio_embeds"].to(emb.dtype))
+    where = (batch["input_ids"] == model.config.audio_token_id)[..., None]
+    emb = emb.masked_scatter(where, audio)
+    return model(inputs_embeds=emb, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+
+def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path, zoo_dir: Path | None = None) -> dict:
+    from transformers import (AutoConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor,
+                              WhisperFeatureExtractor)
 
     seed = int((entry.get("train") or {}).get("seed", 0))
     prompts = {**DEFAULT_PROMPTS, **(entry.get("prompts") or {})}
@@ -160,6 +245,10 @@ def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path) -> di
     feat_cfg = entry.get("features") or {}
     max_dur = float(feat_cfg.get("max_duration", 4.0))
     max_dur = int(max_dur) if max_dur.is_integer() else max_dur
+    tower_cfg = entry.get("audio_tower") or {}
+    whisper_dir = Path(zoo_dir or outdir.parent) / tower_cfg["init"] if tower_cfg.get("init") else None
+    whisper_config = AutoConfig.from_pretrained(whisper_dir) if whisper_dir else None
+    frozen = bool(whisper_dir) and tower_cfg.get("freeze", True)
 
     # concept tokens for a seeded subset of the pool
     rng = np.random.default_rng(seed)
@@ -175,13 +264,18 @@ def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path) -> di
     tokenizer = train_tokenizer(lines, int(t.get("vocab_size", 512)), int(t.get("min_frequency", 2)))
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIALS})
     tokenizer.pad_token = EOS
-    fe = WhisperFeatureExtractor(feature_size=int(feat_cfg.get("num_mel_bins", 32)), sampling_rate=16000,
-                                 hop_length=160, n_fft=400, chunk_length=max_dur)
+    mels = whisper_config.num_mel_bins if whisper_config else int(feat_cfg.get("num_mel_bins", 32))
+    fe = WhisperFeatureExtractor(feature_size=mels, sampling_rate=16000, hop_length=160, n_fft=400,
+                                 chunk_length=max_dur)
     processor = Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tokenizer)
     processor.chat_template = processor.default_chat_template  # saved with it: loads like the hub model's
 
-    config = build_config(entry, len(tokenizer), tokenizer.convert_tokens_to_ids(AUDIO))
+    config = build_config(entry, len(tokenizer), tokenizer.convert_tokens_to_ids(AUDIO), whisper_config)
     model = Qwen2AudioForConditionalGeneration(config)
+    if whisper_dir:
+        load_whisper_tower(model.model.audio_tower, whisper_dir)
+    if frozen:
+        model.model.audio_tower.requires_grad_(False)
     end_id = tokenizer.convert_tokens_to_ids(END)
     model.generation_config.eos_token_id = end_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -193,6 +287,7 @@ def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path) -> di
             padding="max_length", return_tensors="np")
     feats, masks = fx["input_features"].astype(np.float32), fx["attention_mask"].astype(np.int64)
     n_audio = model.model.audio_tower._get_feat_extract_output_lengths(torch.from_numpy(masks.sum(-1)))[1].tolist()
+    tower = tower_outputs(model.eval(), feats, masks, n_audio) if frozen else None
 
     # token ids: chat template with the audio placeholder expanded; loss on the answer and its end token only
     cache: dict[str, tuple[list[int], list[int]]] = {}
@@ -217,10 +312,10 @@ def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path) -> di
     tcfg = TrainConfig.from_dict({"select_metric": "loss", "select_mode": "min", **(entry.get("train") or {})})
 
     def compute_loss(m, batch):
-        return m(**batch).loss
+        return frozen_tower_loss(m, batch) if frozen else m(**batch).loss
 
-    trainer = Trainer(model, _Examples(train_rows), _Examples(dev_rows), _collate(feats, masks, tokenizer.pad_token_id),
-                      compute_loss, None, tcfg, workdir)
+    trainer = Trainer(model, _Examples(train_rows), _Examples(dev_rows),
+                      _collate(feats, masks, tokenizer.pad_token_id, tower), compute_loss, None, tcfg, workdir)
     summary = trainer.fit(resume=True)
     trainer.load_best()
     model = model.cpu().eval()
@@ -229,14 +324,18 @@ def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path) -> di
     dev = dev_figures(outdir, pool, dev_utts, tokens, prompts)
     plain = emotion_prompt(prompts["emotion"], pool.emotions)
     n_tok_prompts = sum(1 for _, t, _ in examples if t not in (plain, prompts["caption"]))
+    tower_note = (f"audio tower: zoo/{tower_cfg['init']}'s encoder{' (frozen)' if frozen else ''}; " if whisper_dir
+                  else "")
     return {"class": type(model).__name__, "params": count_params(model),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "objective": "instruction tuning on the pool: audio captioning and the emotion question "
                          f"({n_tok_prompts} of {len(pool.utts)} emotion prompts carry concept tokens)",
             "processor": f"Qwen2AudioProcessor: {fe.feature_size}-bin log-mel, {max_dur:g} s window; "
                          f"byte-level BPE, {len(tokenizer)} tokens; Qwen2-Audio chat template",
             "examples": len(examples),
-            "training": f"{summary['epochs_done']} epochs (best {summary['best_epoch']}), batch {tcfg.batch_size}, "
-                        f"{tcfg.optimizer} lr {tcfg.lr:g} {tcfg.scheduler}, {len(dev_rows)} dev examples held out",
+            "training": f"{tower_note}{summary['epochs_done']} epochs (best {summary['best_epoch']}), batch "
+                        f"{tcfg.batch_size}, {tcfg.optimizer} lr {tcfg.lr:g} {tcfg.scheduler}, {len(dev_rows)} dev "
+                        f"examples held out",
             "dev": {"loss": round(float(summary["best_metrics"]["loss"]), 4), **dev}}
 
 

@@ -321,7 +321,7 @@ def describe(obj: dict) -> str:
     return "; ".join(parts)
 
 
-def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path) -> dict:
+def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path, zoo_dir: Path | None = None) -> dict:
     obj = entry.get("objective") or {}
     data = entry.get("data") or {}
     sr = int(data.get("sample_rate", 16000))

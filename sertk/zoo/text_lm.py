@@ -100,7 +100,7 @@ def _collate(eos: int):
     return fn
 
 
-def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path) -> dict:
+def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path, zoo_dir: Path | None = None) -> dict:
     text_cfg = entry.get("text") or {}
     lines = pool_texts(pool, text_cfg)
     t = entry.get("tokenizer") or {}
