@@ -118,3 +118,98 @@ def test_teacher_labels_are_cached_per_seed_and_a_student_learns_them(tmp_path):
     model.eval()
     with torch.no_grad():
         assert distill_loss(model(batch["wav"], batch["lengths"]), batch["avd"], "ccc") < 0.3
+
+
+def test_training_crops_are_random_windows_drawn_anew_each_epoch(tmp_path):
+    """``crop``: short training windows (cheaper steps), the same ones on a resumed epoch, new ones the next."""
+    d = _unlabelled_dir(tmp_path, n=4)
+    aug = AugmentConfig(noise_p=0.0, speed_p=0.0)
+    labels = label_with_teacher(_Loudness(), d, tmp_path / "cache", [0], aug)
+    whole = DistillDataset([d], labels, [0], aug)
+    ds = DistillDataset([d], labels, [0], aug, crop=0.25, seed=3)
+    assert ds.durations() == [0.25] * 4 and whole.durations() == [0.5] * 4
+    first = [ds[i]["wav"].numpy() for i in range(4)]
+    assert all(w.size == 4000 for w in first) and whole[0]["wav"].numel() == 8000
+    full = whole[0]["wav"].numpy()
+    assert any(np.array_equal(first[0], full[o:o + 4000]) for o in range(4001))  # a window of the labelled audio
+    assert np.array_equal(ds[0]["avd"], whole[0]["avd"])  # the target stays the whole waveform's label
+    assert all(np.array_equal(a, ds[i]["wav"].numpy()) for i, a in enumerate(first))
+    ds.set_epoch(1)
+    assert any(not np.array_equal(a, ds[i]["wav"].numpy()) for i, a in enumerate(first))
+
+
+def test_front_end_stays_float32_under_bf16_autocast():
+    """Mixed-precision training computes the convs in bf16, never the fixed STFT and log."""
+    torch.manual_seed(0)
+    m = Wav2Small(8).eval()
+    wav, lengths = torch.randn(2, 8000) * 0.1, torch.tensor([8000, 6000])
+    with torch.no_grad():
+        ref, _ = m.frontend(wav, lengths)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            feats, _ = m.frontend(wav, lengths)
+            out = m(wav, lengths)
+    assert feats.dtype == torch.float32 and torch.equal(feats, ref)
+    assert torch.isfinite(out.float()).all()
+
+
+def test_projecting_the_pooled_gram_equals_pooling_projected_frames():
+    """The value projection is linear and the attention weights sum to 1, so it can follow the pooling."""
+    torch.manual_seed(0)
+    m = Wav2Small(8).eval()
+    wav, lengths = torch.randn(2, 8000) * 0.1, torch.tensor([8000, 5000])
+    with torch.no_grad():
+        x, n = m._conv_stack(*m.frontend(wav, lengths))
+        gram = m._frame_gram(x)
+        score = m.attn(gram).squeeze(-1).masked_fill(torch.arange(gram.shape[1])[None] >= n[:, None], float("-inf"))
+        per_frame = torch.einsum("bt,btd->bd", torch.softmax(score, 1), m.value(gram))
+        torch.testing.assert_close(m(wav, lengths), m.out(per_frame), atol=1e-5, rtol=1e-5)
+
+
+def test_concurrent_students_split_the_teacher_labelling(tmp_path):
+    """A table another student is writing is read after it, while this one labels the free tables first."""
+    import threading
+
+    from sertk.tasks.distill import _table_lock, shared_labels
+
+    cache, calls, seed1_done = tmp_path / "cache", [], threading.Event()
+    holding = threading.Event()
+
+    def other_student():  # writes seed 0 until this student has labelled seed 1
+        with _table_lock(cache, 0, block=True):
+            holding.set()
+            seed1_done.wait(10)
+
+    def label(datadir, seed):
+        calls.append(seed)
+        if seed == 1:
+            seed1_done.set()
+        return {("u", seed): seed}
+
+    t = threading.Thread(target=other_student)
+    t.start()
+    holding.wait(10)
+    out = shared_labels(label, cache, [("d", 0), ("d", 1), ("d", 0)])
+    t.join()
+    assert calls == [1, 0] and out == {("d", 0): {("u", 0): 0}, ("d", 1): {("u", 1): 1}}
+
+
+def test_bf16_training_falls_back_to_float32_on_a_cpu_without_bf16(monkeypatch):
+    """Emulated bf16 is slower than float32: a config asking for bf16 trains in float32 there."""
+    from sertk.tasks import distill
+    from sertk.train.trainer import TrainConfig
+
+    monkeypatch.setattr(distill, "native_bf16_cpu", lambda: False)
+    assert distill.native_precision(TrainConfig(amp="bf16", device="cpu")).amp is False
+    monkeypatch.setattr(distill, "native_bf16_cpu", lambda: True)
+    assert distill.native_precision(TrainConfig(amp="bf16", device="cpu")).amp == "bf16"
+    assert distill.native_precision(TrainConfig(amp="auto", device="cpu")).amp == "auto"
+
+
+def test_train_crop_is_checked_with_the_config():
+    from sertk.tasks.distill import check_config
+
+    cfg = {"task": "distill", "teacher": "exp/teacher", "student": {"type": "wav2small", "channels": 8}}
+    check_config({**cfg, "data": {"train_crop": 1.0}}, "student")
+    for bad in (0, -1.0, True, "1s"):
+        with pytest.raises(ValueError, match="train_crop"):
+            check_config({**cfg, "data": {"train_crop": bad}}, "student")

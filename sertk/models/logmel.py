@@ -54,6 +54,11 @@ class LogMel(nn.Module):
             raise ValueError(f"LogMel expects (batch, samples), got shape {tuple(wav.shape)}")
         if not torch.jit.is_tracing() and wav.shape[1] < self.n_fft:
             raise ValueError(f"LogMel: input of {wav.shape[1]} samples is shorter than one {self.n_fft}-point frame")
+        # float32 even under autocast: a bf16 STFT and log would only add error, and cost little
+        with torch.autocast(wav.device.type, enabled=False):
+            return self._logmel(wav, lengths)
+
+    def _logmel(self, wav: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if lengths is None:
             wav = _normalize_full(wav)
         else:

@@ -39,8 +39,13 @@ class MobileNetStudent(nn.Module):
         self.frontend = LogMel(sample_rate, n_fft, hop, n_mels)
         self.net = timm.create_model(ARCHS[arch], pretrained=False, in_chans=1, num_classes=num_outputs,
                                      drop_rate=drop_rate)
+        # timm draws the classifier from +-1/sqrt(outputs), made for 1000 classes: with 3 outputs the
+        # first predictions are several units off the teacher's 0-1 scale, and the first epochs go to
+        # undoing that. torch's fan-in init starts them near 0.
+        self.net.get_classifier().reset_parameters()
         self._valid = ValidFrames()
         mask_padding(self.net, self._valid)
+        self.net.to(memory_format=torch.channels_last)  # NHWC: oneDNN trains these convs ~1.3x faster on a CPU
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         x, frames = self.frontend(wav, lengths)

@@ -43,29 +43,45 @@ class Wav2Small(nn.Module):
         self.channels, self.pool_after = c, pool_after
         self.frontend = LogMel(sample_rate, n_fft, hop, n_mels)
         self.convs = nn.ModuleList([_block(1 if i == 0 else c, c) for i in range(num_layers)])
+        # NHWC: oneDNN's kernels for these narrow (13-29 channel) convs run ~1.3x faster, in training
+        # and inference; the weights' values and names are unchanged (checkpoints load either way)
+        self.convs.to(memory_format=torch.channels_last)
         self.pool = nn.MaxPool2d(2)
         g = c * c
         self.attn = nn.Linear(g, 1)        # attention score of each frame
-        self.value = nn.Linear(g, c)       # frame Gram -> C-dim value
+        self.value = nn.Linear(g, c)       # pooled Gram -> C-dim value
         self.out = nn.Linear(c, num_outputs)
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         x, n = self.frontend(wav, lengths)  # (B, 1, M, T)
+        x, n = self._conv_stack(x, n)
+        gram = self._frame_gram(x)  # (B, T, C*C)
+        # the value projection is linear and the weights sum to 1: projecting the pooled Gram equals
+        # pooling the projected frames, at 1/T of the cost
+        return self.out(self.value(self._attention_pool(gram, n)))
+
+    def _conv_stack(self, x: torch.Tensor, n: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if i + 1 == self.pool_after:
                 x = self.pool(x)
                 n = None if n is None else n.div(2, rounding_mode="floor")
+        return x, n
+
+    @staticmethod
+    def _frame_gram(x: torch.Tensor) -> torch.Tensor:
+        """(B, C, M, T) -> per-frame channel Gram matrices, frequency summed out, flattened: (B, T, C*C)."""
         b, c, m, t = x.shape
         frames = x.permute(0, 3, 1, 2)  # (B, T, C, M)
-        gram = torch.matmul(frames, frames.transpose(2, 3)) / m  # (B, T, C, C)
-        gram = gram.reshape(b, t, c * c)
+        return (torch.matmul(frames, frames.transpose(2, 3)) / m).reshape(b, t, c * c)
+
+    def _attention_pool(self, gram: torch.Tensor, n: torch.Tensor | None) -> torch.Tensor:
+        """Attention-weighted mean of the frames' Grams over the real frames: (B, C*C)."""
         score = self.attn(gram).squeeze(-1)  # (B, T)
         if n is not None:
-            score = score.masked_fill(~lengths_to_mask(n.clamp(min=1), t), float("-inf"))
+            score = score.masked_fill(~lengths_to_mask(n.clamp(min=1), gram.shape[1]), float("-inf"))
         w = torch.softmax(score, dim=1)
-        pooled = torch.einsum("bt,btd->bd", w, self.value(gram))
-        return self.out(pooled)
+        return torch.einsum("bt,btd->bd", w.to(gram.dtype), gram)  # softmax is float32 under autocast
 
 
 def min_samples(model: Wav2Small) -> int:

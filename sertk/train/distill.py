@@ -9,6 +9,10 @@ table per seed (``key utt arousal valence dominance``) under a directory whose
 name hashes the teacher checkpoint, the augmentation settings, the sample rate
 and the crop; it is keyed by the audio's content (``sertk.data.audio.content_key``),
 not by data dir, so every set and fold that shares an utterance shares its labels.
+A label is a function of its waveform and its table alone, never of the job
+that wrote it: the teacher runs on one utterance at a time (no padding, no
+batch companions), and labels computed in another precision (device, autocast)
+go to a table of their own (:func:`label_precision`).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from sertk.common.fileio import hash_obj, write_text_atomic
 from sertk.data.audio import read_utterance, utterance_sources
 from sertk.data.datadir import DataDir, DataDirError
 from sertk.data.dataset import source_durations
-from sertk.train.inference import run_model
+from sertk.train.inference import amp_dtype, model_device, resolve_device, run_model
 from sertk.train.losses import ccc_loss
 
 log = logging.getLogger(__name__)
@@ -96,6 +100,26 @@ def label_key(content: str, utt: str, seed: int) -> str:
     return content if int(seed) == 0 else f"{content}/{utt}"
 
 
+def label_precision(teacher, amp="auto") -> str:
+    """What the teacher computes in, e.g. ``cpu-float32`` or ``cuda-bfloat16``: its device and the
+    autocast ``amp`` gives there. Another precision gives other values, so it has its own table. A
+    loader names where it will place the teacher in its ``device`` attribute (``train.device``),
+    without loading it; a loader without one (or no teacher) means the CPU."""
+    if isinstance(teacher, torch.nn.Module):
+        device = model_device(teacher)
+    else:
+        device = resolve_device(str(getattr(teacher, "device", None) or "cpu"))
+    dtype = amp_dtype(amp, device) or torch.float32
+    return f"{device.type}-{str(dtype).removeprefix('torch.')}"
+
+
+def table_path(cache: Path, seed: int, precision: str = "cpu-float32") -> Path:
+    """The label table of one seed and precision: ``seed<k>.txt`` for CPU float32 labels (every table
+    before precisions had names), ``seed<k>.<precision>.txt`` for the others."""
+    suffix = "" if precision == "cpu-float32" else f".{precision}"
+    return Path(cache) / f"seed{int(seed)}{suffix}.txt"
+
+
 def read_cache(path: Path) -> dict[str, np.ndarray]:
     """key -> float32 A/V/D of a ``key utt arousal valence dominance`` table (values as stored)."""
     return {k: v for k, (_, v) in read_table(path).items()}
@@ -127,20 +151,23 @@ def label_with_teacher(teacher: torch.nn.Module | Callable[[], torch.nn.Module] 
     """Teacher A/V/D (sertk order, unclipped) for every (utterance, seed), computed once and cached.
 
     ``datadir`` needs only wav.scp (unlabelled audio is fine). Labels live in
-    ``<cache>/seed<k>.txt`` keyed by :func:`label_key` (content key, plus the
-    utterance id for augmented seeds), shared by every data dir: only the
-    waveforms no set labelled before are computed, and their lines are added to
-    the table (a new version of the file written atomically). ``teacher`` may be a
-    zero-argument function that loads it: it is called only when some labels are
-    missing, so a fully cached run never loads the teacher. The teacher runs
-    where it lies (``place`` it on the GPU first), one utterance at a time: no
-    padding, as the student is exported.
+    ``<cache>/seed<k>[.<precision>].txt`` (:func:`table_path`) keyed by
+    :func:`label_key` (content key, plus the utterance id for augmented seeds),
+    shared by every data dir: only the waveforms no set labelled before are
+    computed, and their lines are added to the table (a new version of the file
+    written atomically). ``teacher`` may be a zero-argument function that loads
+    it: it is called only when some labels are missing, so a fully cached run
+    never loads the teacher. The teacher runs where it lies (``place`` it on the
+    GPU first), one utterance at a time: no padding and no batch companions, so
+    a label does not depend on which set or job computed it (and as the student
+    is exported).
     """
     dd = DataDir.read(datadir)
     content = {s.utt: s.key for s in utterance_sources(dd)}
     out: dict[tuple[str, int], np.ndarray] = {}
+    precision = label_precision(teacher, amp)
     for seed in seeds:
-        path = Path(cache) / f"seed{seed}.txt"
+        path = table_path(cache, seed, precision)
         keys = {u: label_key(content[u], u, seed) for u in dd.utts}
         table = read_cache(path)
         missing: dict[str, str] = {}  # key -> the first utterance that has it
@@ -151,6 +178,10 @@ def label_with_teacher(teacher: torch.nn.Module | Callable[[], torch.nn.Module] 
         if todo:
             if callable(teacher) and not isinstance(teacher, torch.nn.Module):
                 teacher = teacher()
+                got = label_precision(teacher, amp) if teacher is not None else precision
+                if got != precision:  # its labels would land in another precision's table
+                    raise RuntimeError(f"{cache}: the teacher loader's 'device' names {precision}, but the teacher "
+                                       f"it loaded computes in {got}")
             if teacher is None:
                 raise RuntimeError(f"{path}: teacher labels of {len(todo)} utterance(s) of {datadir} are not "
                                    f"cached (e.g. {todo[:3]}) and no teacher was given")
@@ -181,35 +212,50 @@ def teacher_input(dd: DataDir, utt: str, seed: int, aug: AugmentConfig, sample_r
 
 
 class DistillDataset(torch.utils.data.Dataset):
-    """Items ``{"utt", "wav", "avd"}`` for every (utterance, seed) with a teacher label."""
+    """Items ``{"utt", "wav", "avd"}`` for every (utterance, seed) with a teacher label.
+
+    ``crop`` (seconds): each epoch a training item is a random window of at most this length of
+    the waveform the teacher labelled, drawn from (``seed``, epoch, item), so a resumed run draws the
+    same ones; its target stays the teacher's label of the whole waveform. Short windows cost the
+    student less per step, and a new window each epoch shows it more distinct inputs.
+    """
 
     def __init__(self, datadirs: list[Path], labels: dict[tuple[str, int], np.ndarray], seeds: list[int],
-                 aug: AugmentConfig, sample_rate: int = 16000, max_duration: float | None = None):
+                 aug: AugmentConfig, sample_rate: int = 16000, max_duration: float | None = None,
+                 crop: float | None = None, seed: int = 0):
         self.dirs = [DataDir.read(d) for d in datadirs]
         self.items = [(i, u, s) for i, dd in enumerate(self.dirs) for u in dd.utts for s in seeds]
         missing = [(u, s) for _, u, s in self.items if (u, s) not in labels]
         if missing:
             raise DataDirError(f"DistillDataset: no teacher label for {missing[:3]} ({len(missing)} in all)")
         self.labels, self.aug, self.sample_rate, self.max_duration = labels, aug, sample_rate, max_duration
+        self.crop, self.seed, self.epoch = crop, int(seed), 0
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def set_epoch(self, epoch: int) -> None:  # items are fixed (utt, seed) pairs
-        pass
+    def set_epoch(self, epoch: int) -> None:
+        """New random windows per epoch (the same ones again for the same epoch)."""
+        self.epoch = int(epoch)
 
     def durations(self) -> list[float]:
-        """Seconds per item for length bucketing: the source audio after the crop (a speed-perturbed
+        """Seconds per item for length bucketing: the source audio after the crops (a speed-perturbed
         copy is a few percent off, which only moves it within its bucket)."""
         src = [dict(zip(dd.utts, source_durations(dd, dd.utts))) for dd in self.dirs]
-        cap = self.max_duration if self.max_duration is not None else float("inf")
+        cap = min(v for v in (self.max_duration, self.crop, float("inf")) if v is not None)
         return [min(src[d][u], cap) for d, u, _ in self.items]
 
     def __getitem__(self, i: int) -> dict:
         d, utt, seed = self.items[i]
         wav = teacher_input(self.dirs[d], utt, seed, self.aug, self.sample_rate, self.max_duration)
-        return {"utt": f"{utt}#s{seed}", "wav": torch.from_numpy(wav),
+        return {"utt": f"{utt}#s{seed}", "wav": torch.from_numpy(self._window(wav, i)),
                 "avd": torch.from_numpy(self.labels[(utt, seed)])}
+
+    def _window(self, wav: np.ndarray, i: int) -> np.ndarray:
+        if self.crop is None or wav.size <= (n := int(round(self.crop * self.sample_rate))):
+            return wav
+        off = int(np.random.default_rng([self.seed, self.epoch, i]).integers(0, wav.size - n + 1))
+        return wav[off:off + n]
 
 
 def distill_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "ccc", mse_weight: float = 1.0) -> torch.Tensor:
