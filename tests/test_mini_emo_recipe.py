@@ -66,7 +66,7 @@ def results(recipe: Path) -> dict[str, dict]:
 
 def test_every_config_protocol_and_test_set_has_results(recipe):
     res = results(recipe)
-    for cfg in ("egemaps_lr", "egemaps_lr_spknorm", "probe_w2v", "probe_wavlm", "classifier", "selm"):
+    for cfg in ("egemaps_lr", "egemaps_lr_spknorm", "probe_whisper", "classifier", "selm"):
         for proto, tests in (("studio", ("studio_test", "phone_test")), ("phone", ("phone_test", "studio_test"))):
             for t in tests:
                 r = res[f"{cfg}/{proto}/eval/{t}/results.json"]

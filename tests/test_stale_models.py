@@ -103,7 +103,8 @@ def test_changed_settings_data_or_fresh_retrain_and_move_the_old_run_aside(recip
     # another learning rate: retrained (the trainer would refuse to resume it), not an error
     _train(recipe, exp, epochs=2, lr=1e-3)
     assert _epoch(exp / "p") == 2 and (exp / "p.old-2").is_dir()
-    assert "config.train.lr: 0.0005 -> 0.001" in _log(exp)
+    base_lr = yaml.safe_load((CONF / "classifier.yaml").read_text())["train"]["lr"]
+    assert f"config.train.lr: {base_lr} -> 0.001" in _log(exp)
 
     # a changed training set
     train = recipe / "data" / "train"

@@ -194,7 +194,8 @@ def run_recipe(recipe: Path, jobs: int, first: int, last: int) -> None:
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
     cmd = ["bash", "run.sh", "--stage", str(first), "--stop-stage", str(last), "--config-jobs", str(jobs),
            "--prepare-cmd", _synth("eval", CORPUS), "--pool-cmd", _synth("pretrain", POOL),
-           "--ser-configs", " ".join(f"conf/{c}.yaml" for c in SER),
+           "--ser-configs", " ".join(f"conf/{c}.yaml" for c in SER), "--icl-configs", "",
+           "--distill-configs", "", "--zsfuse-configs", "", "--token-configs", "",  # stage 0: SER's zoo models only
            "--overrides", "train.epochs=1 eval.bootstrap=20"]
     r = subprocess.run(cmd, cwd=recipe, env=env, capture_output=True, text=True, timeout=900)
     (recipe / f"run{first}-{last}.log").write_text(r.stderr)

@@ -28,7 +28,9 @@ CORPUS = ["domains.studio.speakers.train=4", "domains.studio.speakers.dev=2", "d
           "domains.studio.utts_per_speaker=8", "domains.phone.speakers.train=4", "domains.phone.speakers.dev=2",
           "domains.phone.speakers.test=2", "domains.phone.utts_per_speaker=8"]
 POOL = ["pretrain.speakers=4", "pretrain.utts_per_speaker=8"]
-SER = ["egemaps_lr", "probe_w2v", "probe_wavlm", "classifier", "selm"]
+# probe_w2v / probe_wavlm are not in the default demo: they keep the Wav2Vec2 and WavLM paths (and stage 0 builds
+# those zoo models because they name them); everything else runs on the real Whisper tiny.en
+SER = ["egemaps_lr", "probe_whisper", "probe_w2v", "probe_wavlm", "classifier", "selm"]
 DISTILL = ["regressor", "teacher", "teacher_ensemble", "teacher_released", "wav2small", "mobilenetv3_small",
            "mobilenetv4_conv_small"]
 STUDENTS = ["wav2small", "mobilenetv3_small", "mobilenetv4_conv_small"]
