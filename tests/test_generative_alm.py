@@ -149,6 +149,23 @@ def test_the_audio_reaches_the_scores(alm):
     assert not torch.allclose(a, b)
 
 
+def test_audio_computed_once_gives_the_decisions_of_the_full_forward(alm):
+    """Stage 10 runs each clip's audio encoder once for all its prompts: scores and greedy answers from the
+    cached audio rows equal those of the model's own forward, for every model class."""
+    labels = ["angry", "happy", "neutral", "sad"]
+    texts = [emotion_prompt("Which emotion? {labels}.", labels),
+             emotion_prompt("Which emotion? {labels}.", labels, {"energy": "high", "pitch": "low"})]
+    wavs = _audio(2)
+    cached = alm.audio_embeds(wavs)
+    assert [c.shape[0] for c in cached] != [0, 0]
+    cands = alm.candidate_ids(labels)
+    assert torch.allclose(alm.score(texts, wavs, cands, audio_embeds=cached), alm.score(texts, wavs, cands),
+                          atol=1e-4)
+    assert alm.generate(texts, wavs, 4, audio_embeds=cached) == alm.generate(texts, wavs, 4)
+    with pytest.raises(ValueError, match="audio tokens for"):  # another clip's rows do not fit this prompt
+        alm.score(texts, wavs, cands, audio_embeds=cached[::-1])
+
+
 def test_prompt_with_tokens_differs_only_by_the_token_block():
     toks = {"energy": "high", "pitch": "mid", "dynamics": "low"}
     without = emotion_prompt("Which emotion? Answer: {labels}.", ["neutral", "sad"])

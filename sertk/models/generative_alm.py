@@ -163,22 +163,70 @@ class GenerativeALM:
     def candidate_ids(self, strings: Sequence[str], suffix: str = "") -> list[list[int]]:
         return [self.tokenizer.encode(s + suffix, add_special_tokens=False) for s in strings]
 
+    # ---- audio once, prompts many ------------------------------------------------
+    @property
+    def audio_token_id(self) -> int:
+        """The token the processor repeats once per audio frame (the rows the audio features replace)."""
+        for key in ("audio_token_id", "audio_token_index"):
+            value = getattr(self.model.config, key, None)
+            if value is not None:
+                return int(value)
+        raise ValueError(f"{type(self.model).__name__}: its config names no audio token (audio_token_id)")
+
+    @torch.no_grad()
+    def audio_embeds(self, audios: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Each clip's rows of the language model's input (its features at the audio tokens), computed alone
+        through the model's own forward and merge. They do not depend on the prompt, so a study that asks
+        many prompts about one clip (stage 10: 7 token conditions x 2 decisions) runs the audio encoder once;
+        ``score``/``generate`` take them instead of running it again."""
+        out = []
+        for a in audios:
+            batch = self.encode([""], [a])
+            ids = batch["input_ids"][0][batch["attention_mask"][0].bool()]
+            out.append(self.contexts(batch)[0][ids == self.audio_token_id].clone())
+        return out
+
+    def merged_embeds(self, batch: dict, audio_embeds: Sequence[torch.Tensor]) -> torch.Tensor:
+        """[B, L, D] input embeddings of ``batch``'s tokens with each clip's ``audio_embeds`` in place of its
+        audio tokens: what the model's own merge gives, without its audio encoder."""
+        ids = batch["input_ids"]
+        emb = self.model.get_input_embeddings()(ids)
+        where = (ids == self.audio_token_id)[..., None]
+        for i, a in enumerate(audio_embeds):
+            if int(where[i].sum()) != a.shape[0]:
+                raise ValueError(f"prompt {i}: {int(where[i].sum())} audio tokens for {a.shape[0]} cached audio "
+                                 f"rows (cached for another clip or window?)")
+        return emb.masked_scatter(where, torch.cat([a.to(emb.device, emb.dtype) for a in audio_embeds]))
+
     # ---- decisions -------------------------------------------------------------
     @torch.no_grad()
-    def score(self, texts: Sequence[str], audios: Sequence[np.ndarray], candidates: list[list[int]]) -> torch.Tensor:
-        """[B, C] summed log-probabilities of each candidate answer after each prompt (sertk.models.scoring)."""
+    def score(self, texts: Sequence[str], audios: Sequence[np.ndarray], candidates: list[list[int]],
+              audio_embeds: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """[B, C] summed log-probabilities of each candidate answer after each prompt (sertk.models.scoring).
+        ``audio_embeds`` (from :meth:`audio_embeds`) stand in for running the audio encoder again."""
         from sertk.models.scoring import candidate_logprobs
 
-        return candidate_logprobs(self.model, self.contexts(self.encode(texts, audios)), candidates).cpu()
+        batch = self.encode(texts, audios)
+        if audio_embeds is None:
+            contexts = self.contexts(batch)
+        else:
+            emb, mask = self.merged_embeds(batch, audio_embeds), batch["attention_mask"].bool()
+            contexts = [emb[i][mask[i]] for i in range(emb.shape[0])]
+        return candidate_logprobs(self.model, contexts, candidates).cpu()
 
     @torch.no_grad()
-    def generate(self, texts: Sequence[str], audios: Sequence[np.ndarray], max_new_tokens: int = 16) -> list[str]:
-        """Greedy answers (KV cache on), decoded without special tokens."""
+    def generate(self, texts: Sequence[str], audios: Sequence[np.ndarray], max_new_tokens: int = 16,
+                 audio_embeds: Sequence[torch.Tensor] | None = None) -> list[str]:
+        """Greedy answers (KV cache on), decoded without special tokens; ``audio_embeds`` as in :meth:`score`."""
         batch = self.encode(texts, audios)
         pad = self.tokenizer.pad_token_id
-        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                  use_cache=True, pad_token_id=pad)
-        new = out[:, batch["input_ids"].shape[1]:]
+        kw = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad)
+        if audio_embeds is None:
+            out = self.model.generate(**batch, **kw)
+            new = out[:, batch["input_ids"].shape[1]:]
+        else:  # generating from embeddings returns the new tokens only
+            new = self.model.generate(inputs_embeds=self.merged_embeds(batch, audio_embeds),
+                                      attention_mask=batch["attention_mask"], **kw)
         return [s.strip() for s in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 

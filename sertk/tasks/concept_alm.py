@@ -209,6 +209,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
                              f"{missing[:3]}; run stage 2")
         aligned = [table[u] for u in utts]
         audio = [_audio(d, u, alm.sampling_rate, max_dur) for u in utts]
+        embeds = alm.audio_embeds(audio)  # the audio encoder once per clip, for every condition and decision
         outdir = ctx.expdir / "eval" / test
         preds: dict[str, dict[str, list[str]]] = {dec: {} for dec in decisions}
         extras: dict[str, dict[str, list]] = {dec: {} for dec in decisions}
@@ -223,13 +224,13 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
             for dec in decisions:
                 p, x = [], []
                 for i in range(0, len(utts), bs):
-                    tb, ab = texts[i:i + bs], audio[i:i + bs]
+                    tb, ab, eb = texts[i:i + bs], audio[i:i + bs], embeds[i:i + bs]
                     if dec == "scoring":
-                        s = alm.score(tb, ab, cands)
+                        s = alm.score(tb, ab, cands, audio_embeds=eb)
                         x += s.tolist()
                         p += [labels[j] for j in s.argmax(1).tolist()]
                     else:
-                        out = alm.generate(tb, ab, max_new)
+                        out = alm.generate(tb, ab, max_new, audio_embeds=eb)
                         x += out
                         p += [parse_answer(a, answers, prompt.get("synonyms")) or UNPARSED for a in out]
                 preds[dec][cond], extras[dec][cond] = p, x
