@@ -164,7 +164,7 @@ def test_build_zoo_jobs_trains_models_in_parallel_processes_and_names_a_failure(
         model_digest(small["models"]["w2v"], pool, small.get("seed", 0))  # the other model still built
 
 
-def test_stage0_builds_what_the_configs_name_and_what_those_start_from(tmp_path):
+def test_stage0_builds_what_the_configs_name_and_what_those_start_from(tmp_path, caplog, monkeypatch):
     """ser.sh's stage 0 builds `build-zoo --list --for-configs`: the models named by config values, plus the
     ones they start from (the ALM's audio tower is zoo/whisper_tiny_en's encoder), each after those."""
     from types import SimpleNamespace
@@ -180,8 +180,13 @@ def test_stage0_builds_what_the_configs_name_and_what_those_start_from(tmp_path)
     assert build_order(cfg, ["alm", "wavlm"]) == ["wavlm", "whisper_tiny_en", "alm"]
     bad = tmp_path / "c.yaml"
     bad.write_text("model: {encoder: {name_or_path: zoo/hubert, layer: 2}}\n")
-    with pytest.raises(ValueError, match=r"c.yaml: model.encoder.name_or_path names zoo/hubert, which the zoo"):
-        models_named_in([bad], cfg)
+    monkeypatch.chdir(tmp_path)  # configs name zoo/<name> relative to the recipe dir, as --zoo does
+    with caplog.at_level("WARNING", logger="sertk.zoo"):
+        assert models_named_in([bad], cfg, "zoo") == []
+    assert "c.yaml: model.encoder.name_or_path names zoo/hubert" in caplog.text and "not build" in caplog.text
+    caplog.clear()
+    (tmp_path / "zoo" / "hubert").mkdir(parents=True)  # put there by hand: nothing to say
+    assert models_named_in([bad], cfg, "zoo") == [] and not caplog.text
     # a rebuilt Whisper rebuilds the ALM that starts from it
     pool = SimpleNamespace(digest="pool")
     other = copy.deepcopy(cfg)

@@ -56,7 +56,8 @@ def scratch_recipe(work: Path, device: str) -> Path:
 
     zoo = shrink_zoo_config(yaml.safe_load((dst / "conf" / "zoo.yaml").read_text()))
     for e in zoo["models"].values():
-        e["train"]["device"] = device
+        if "train" in e:  # the imported Whisper trains nothing
+            e["train"]["device"] = device
     (dst / "conf" / "zoo.yaml").write_text(yaml.safe_dump(zoo, sort_keys=False))
     for student in STUDENTS:  # a one-epoch teacher need not learn
         path = dst / "conf" / f"{student}.yaml"

@@ -195,6 +195,8 @@ run_one_config() {
   [ "$action" = train ] && [ -n "$train_launcher" ] && launcher=$train_launcher
   # --redo true retrains from scratch (the old run is moved aside, see docs/trainer.md)
   [ "$action" = train ] && [ "$redo" = true ] && fresh=(--run-arg=--fresh)
+  # a lone config runs its splits (protocols, folds) split_jobs at a time; not under a DDP launcher
+  [ "${split_jobs:-1}" -le 1 ] || { [ "$launcher" = "$python" ] && fresh+=(--run-arg=--split-jobs --run-arg="$split_jobs"); }
   c=$(config_of "$entry"); p=$(protocols_of "$entry"); tag=$(basename "$c" .yaml)
   if [ "$p" != "$protocols" ]; then  # multi-corpus sets: name unprepared sibling recipes, not a missing dir
     "$python" -m sertk.bin.build_multicorpus --protocols "$p" --data "$data" --list-inputs >/dev/null || return 1
@@ -235,7 +237,11 @@ run_configs() {
     [ -f "$p" ] || { log "stage $num: no such protocols file $p (in $entry)"; exit 1; }
   done
   if [ "$config_jobs" -le 1 ] || [ "$(wc -w <<< "$configs")" -le 1 ]; then
+    # a lone config uses the --config-jobs slots for its splits instead (each split computes what it
+    # computes alone, on --job-threads threads: no figure changes)
+    split_jobs=$config_jobs
     for entry in $configs; do with_threads run_one_config "$num" "$action" "$entry"; done
+    split_jobs=1
     return
   fi
   rcdir=$(mktemp -d); declare -A pid_of=()

@@ -2,15 +2,24 @@
 
 Each split trains or evaluates under its run digest (``sertk.tasks.run_digest``:
 resume, retrain or move aside), with the global RNG seeded from the config.
+``--split-jobs N`` runs the splits (protocols, folds) N at a time, one process
+each (``--split TAG`` on the same command, each on the same ``--threads``):
+every split computes what it computes alone, so no figure changes, and a
+config with several protocols or folds uses several cores.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sertk.common.entry import base_parser, init_expdir, resolve_config
 from sertk.common.fileio import hash_obj
+from sertk.common.logging import setup_logging
 from sertk.common.protocol import load_protocols
 from sertk.tasks import TaskContext, get_task
 from sertk.tasks.run_digest import NOT_THE_MODEL, check_trained, prepare_run, run_parts, write_run
@@ -29,6 +38,9 @@ def parser(doc: str, action: str = "train") -> argparse.ArgumentParser:
     p.add_argument("--corpus", default=None, help="(recorded by ser.sh; the protocols file is authoritative)")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--stage", type=int, default=0, help="recipe stage number recorded in results")
+    p.add_argument("--split", default=None, metavar="TAG", help="run only this split (protocol or protocol/foldK)")
+    p.add_argument("--split-jobs", type=int, default=1, metavar="N",
+                   help="splits run at once, one process each (default 1); changes no figure")
     if action == "train":
         p.add_argument("--fresh", action="store_true",
                        help="train from scratch: move each split's experiment dir aside (<dir>.old-N) first")
@@ -67,27 +79,68 @@ def run(action: str, argv: list[str] | None, doc: str, module: str) -> int:
         raise SystemExit(f"{args.config}: config needs a 'task' key (one of the sertk.tasks names)")
     task = get_task(cfg["task"])
     exp = Path(args.exp)
-    if env_info().is_main:  # under torchrun only rank 0 writes the experiment files
+    if env_info().is_main and not os.environ.get(SPLIT_CHILD):  # only rank 0 of the parent writes the records
         logger = init_expdir(exp, cfg, argv, module)
     else:
-        logger = logging.getLogger(module)
+        logger = setup_logging(exp / "log" / f"{module.rsplit('.', 1)[-1]}.log") if os.environ.get(SPLIT_CHILD) \
+            else logging.getLogger(module)
     name = Path(args.config).stem if args.config else cfg["task"]
     # a config may restrict itself to some protocols (e.g. distillation to the dimensional one);
     # the key is the runner's: the task never sees it
     restrict = cfg.get("protocols")
     task_cfg = {k: v for k, v in cfg.items() if k != "protocols"}
     splits = select_splits(args.protocols, restrict, args.only or None, args.config or "config", logger)
+    if args.split:
+        if args.split not in {s.tag for s in splits}:
+            raise SystemExit(f"--split {args.split}: no such split; {args.config}'s are "
+                             f"{', '.join(s.tag for s in splits)}")
+        splits = [s for s in splits if s.tag == args.split]
     for split in splits:
         missing = missing_sets(split, Path(args.data))
         if missing:
             raise SystemExit(f"{split.tag}: data dir(s) {', '.join(missing)} missing; run stage 1 first "
                              f"(./run.sh --stage 1 --stop-stage 1), which prepares them")
+    if args.split_jobs > 1 and len(splits) > 1 and env_info().world_size == 1:
+        return run_splits_in_processes(list(sys.argv[1:] if argv is None else argv), module,
+                                       [s.tag for s in splits], args.split_jobs)
     for split in splits:
         ctx = TaskContext(data=Path(args.data), dump=Path(args.dump), expdir=exp / split.tag, name=name,
                           stage=args.stage, sample_rate=args.sample_rate)
         logger.info("%s %s on %s (train=%s dev=%s test=%s)", action, name, split.tag, split.train,
                     split.dev, ",".join(split.tests))
         run_split(action, task, task_cfg, split, ctx, getattr(args, "fresh", False), logger)
+    return 0
+
+
+SPLIT_CHILD = "SERTK_SPLIT_CHILD"  # set in the processes run_splits_in_processes starts
+
+
+def run_splits_in_processes(argv: list[str], module: str, tags: list[str], jobs: int) -> int:
+    """The same command once per split (``--split TAG``), ``jobs`` at a time; lines prefixed [TAG]. The
+    children append to this run's log and leave its records (run_<step>.sh, config.yaml) to it."""
+    base, i = [], 0
+    while i < len(argv):  # the same options, less --split-jobs and --split
+        a = argv[i]
+        i += 1
+        if a in ("--split-jobs", "--split"):
+            i += 1
+        elif not a.startswith(("--split-jobs=", "--split=")):
+            base.append(a)
+    env = {**os.environ, SPLIT_CHILD: "1"}
+
+    def one(tag: str) -> int:
+        cmd = [sys.executable, "-m", module, *base, "--split", tag]
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            for line in proc.stdout:
+                sys.stderr.write(f"[{tag}] {line}")
+        return proc.returncode
+
+    with ThreadPoolExecutor(jobs) as pool:
+        codes = dict(zip(tags, pool.map(one, tags)))
+    failed = [t for t, c in codes.items() if c != 0]
+    if failed:
+        print(f"{module}: split(s) {', '.join(failed)} failed (lines prefixed with their tags above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -105,8 +105,9 @@ def build_order(cfg: dict, only: list[str] | None = None) -> list[str]:
 
 
 def models_named_in(config_paths: list[str | Path], cfg: dict, zoo_dir: str | Path = "zoo") -> list[str]:
-    """The zoo models recipe configs name: every string value ``<zoo_dir>/<name>`` (or a path inside it).
-    A name the zoo config does not define is an error naming the config and the key."""
+    """The zoo models recipe configs name: every string value ``<zoo_dir>/<name>`` (or a path inside it) that
+    the zoo config defines. A name it does not define draws a warning naming the config and the key, unless
+    ``<zoo_dir>/<name>`` is already there (a checkpoint put in the zoo dir by hand)."""
     import yaml
 
     prefix = str(zoo_dir).rstrip("/") + "/"
@@ -129,13 +130,13 @@ def models_named_in(config_paths: list[str | Path], cfg: dict, zoo_dir: str | Pa
 
     names: set[str] = set()
     for path in config_paths:
-        found = named(yaml.safe_load(Path(path).read_text()) or {})
-        unknown = [(n, w) for n, w in found.items() if n not in cfg["models"]]
-        if unknown:
-            n, w = unknown[0]
-            raise ValueError(f"{path}: {w} names {prefix}{n}, which the zoo config does not define "
-                             f"(it has {', '.join(sorted(cfg['models']))})")
-        names |= set(found)
+        for n, w in named(yaml.safe_load(Path(path).read_text()) or {}).items():
+            if n in cfg["models"]:
+                names.add(n)
+            elif not (Path(zoo_dir) / n).is_dir():  # e.g. a released checkpoint put there by hand is fine
+                log.warning("%s: %s names %s%s, which the zoo config does not build (it has %s) and which is not "
+                            "there: the stage that reads it will fail", path, w, prefix, n,
+                            ", ".join(sorted(cfg["models"])))
     return sorted(names)
 
 
