@@ -7,7 +7,7 @@ setup(
     packages=find_packages(include=["sertk", "sertk.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "torch", "torchaudio", "transformers", "speechbrain", "opensmile",
+        "torch", "torchaudio", "transformers", "speechbrain", "opensmile", "audresample",
         "sentencepiece", "soundfile", "pyyaml", "numpy", "scipy",
         "scikit-learn", "kaldiio", "onnx", "onnxruntime", "timm", "peft",
         "matplotlib", "tqdm", "safetensors",

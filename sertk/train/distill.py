@@ -24,10 +24,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torchaudio.functional as AF
 
 from sertk.common.fileio import hash_obj, write_text_atomic
-from sertk.data.audio import read_utterance, utterance_sources
+from sertk.data.audio import read_utterance, resample, utterance_sources
 from sertk.data.datadir import DataDir, DataDirError
 from sertk.data.dataset import source_durations
 from sertk.train.inference import amp_dtype, model_device, resolve_device, run_model
@@ -70,9 +69,9 @@ def augment(wav: np.ndarray, sr: int, utt: str, seed: int, cfg: AugmentConfig) -
         x = x[off:off + keep]
     if rng.random() < cfg.speed_p:
         factor = rng.uniform(*cfg.speed)
-        new_sr = int(round(sr / factor / 100)) * 100  # coarse grid keeps the resampling kernel small
+        new_sr = int(round(sr / factor / 100)) * 100  # speed factors on a 100 Hz grid
         if new_sr != sr:
-            x = AF.resample(torch.from_numpy(x), sr, new_sr).numpy()
+            x = resample(x, sr, new_sr)
     x = x * np.float32(10 ** (rng.uniform(*cfg.gain_db) / 20))
     if rng.random() < cfg.noise_p:
         p = float(np.mean(x ** 2)) + 1e-12
