@@ -1,4 +1,4 @@
-"""EmoDB recipe: file-name fields, leave-one-speaker-out folds."""
+"""EmoDB recipe: file-name fields, leave-one-speaker-out folds, speaker-pair folds with a dev pair, 4-class sets."""
 from pathlib import Path
 
 from fixtures_corpora import EMODB_SPEAKERS, REPO, make_emodb, read_skipped, read_table, run_prepare
@@ -19,11 +19,31 @@ def test_fields_and_loso_folds(tmp_path):
     assert dd.field("text")["emodb-13-13b01Tb"] == "Was sind denn das für Tüten, die da unter dem Tisch stehen?"
     assert read_table(data / "all" / "utt2version")["emodb-13-13b01Tb"] == "b"
     splits = load_protocols(REPO / "egs" / "emodb" / "conf" / "protocols.yaml")
-    assert len(splits) == 10
-    for split, spk in zip(splits, EMODB_SPEAKERS):
+    loso = [s for s in splits if s.protocol == "loso"]
+    assert len(loso) == 10
+    for split, spk in zip(loso, EMODB_SPEAKERS):
         test, train = DataDir.read(data / split.tests[0]), DataDir.read(data / split.train)
         assert set(test.utt2spk.values()) == {f"emodb-{spk}"}
         assert f"emodb-{spk}" not in set(train.utt2spk.values()) and len(train.spk2utt) == 9
+    # spk5: every speaker tested once, each fold's test and dev pairs one male and one female speaker, the
+    # other six train; spk5_4cl: the same speakers, only the four classes the zoo ALM knows
+    gender = dd.field("utt2gender")
+    tested = []
+    for proto, classes in (("spk5", {"W", "L", "E", "A", "F", "T", "N"}), ("spk5_4cl", {"W", "F", "N", "T"})):
+        folds = [s for s in splits if s.protocol == proto]
+        assert len(folds) == 5
+        for split in folds:
+            sets = {role: DataDir.read(data / name) for role, name in
+                    (("train", split.train), ("dev", split.dev), ("test", split.tests[0]))}
+            spk = {role: set(d.utt2spk.values()) for role, d in sets.items()}
+            assert len(spk["test"]) == len(spk["dev"]) == 2 and len(spk["train"]) == 6
+            assert not (spk["test"] & spk["dev"]) and not ((spk["test"] | spk["dev"]) & spk["train"])
+            for role in ("test", "dev"):
+                assert sorted(gender[next(iter(sets[role].spk2utt[s]))] for s in spk[role]) == ["f", "m"]
+            assert set().union(*(set(d.utt2emo.values()) for d in sets.values())) <= classes
+            if proto == "spk5":
+                tested += sorted(spk["test"])
+    assert sorted(tested) == sorted(f"emodb-{s}" for s in EMODB_SPEAKERS)
     skipped = read_skipped(data)
     for kind, path in info["skipped"].items():
         rel = Path(path).relative_to(tmp_path / "db").as_posix()

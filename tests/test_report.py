@@ -128,6 +128,11 @@ def test_report_end_to_end(exp, tmp_path, capsys):
     row = next(line for line in text.splitlines() if "3 folds" in line)
     assert f"{agg['mean']['uar']:.3f} ± {agg['std']['uar']:.3f}" in row
     assert f"| {agg['n']} |" in row
+    # the folds' utterances pooled: the summed confusion's UAR with an interval around it
+    pooled = re.search(r"± [0-9.]+; pooled ([0-9.]+) \[([0-9.]+), ([0-9.]+)\]", row)
+    assert pooled, row
+    value, lo, hi = map(float, pooled.groups())
+    assert value == pytest.approx(agg["pooled"]["uar"], abs=5e-4) and lo <= value <= hi and hi - lo > 0.01
     assert "folds=1,2,3" in text
 
     row = next(line for line in text.splitlines() if "| wav2small |" in line)

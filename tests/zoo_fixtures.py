@@ -58,3 +58,51 @@ def on_whisper(node):
     if isinstance(node, list):
         return [on_whisper(v) for v in node]
     return node
+
+
+# ------------------------------------------------------------------ offline runs (--zoo)
+def stand_in_names(model: str) -> list[str]:
+    """The hub names zoo/<model> stands in for in the mini_emo zoo config (its card's ``stands_in_for``)."""
+    from sertk.common.stand_ins import card_names
+    return card_names(yaml.safe_load(RECIPE_ZOO.read_text())["models"][model])
+
+
+def _card(out: Path, model: str, **extra) -> None:
+    import json
+    card = {"name": model, "stands_in_for": stand_in_names(model), "digest": f"test-{model}",
+            "description": "test stand-in (tests/zoo_fixtures.py offline_zoo)", **extra}
+    (out / "zoo.json").write_text(json.dumps(card, indent=1))
+
+
+def offline_zoo(dest: Path, whisper_dir: Path) -> Path:
+    """A zoo for ``./run.sh --zoo DIR``: ``whisper_tiny_en`` (the real converted Whisper tiny.en in
+    ``whisper_dir``, its files linked) and ``gpt2`` (a random one-layer GPT-2 with a byte-level BPE trained
+    on SELM's prompt and view strings: seconds), each with a ``zoo.json`` card whose ``stands_in_for`` is
+    the mini_emo zoo config's, so the hub names they resolve follow the real zoo."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from sertk.data.labels import CANONICAL_EMOTIONS
+    from sertk.models.views import LEVELS, make_views
+    from sertk.zoo.text_lm import train_tokenizer
+
+    wh = dest / "whisper_tiny_en"
+    wh.mkdir(parents=True)
+    for f in Path(whisper_dir).iterdir():
+        if f.name != "zoo.json":
+            (wh / f.name).symlink_to(f.resolve())
+    _card(wh, "whisper_tiny_en", real=True, **{"class": "WhisperForConditionalGeneration"})
+
+    views = make_views(["categorical", "sentiment", "dimensional"], list(CANONICAL_EMOTIONS))
+    lines = [views["categorical"].text([c]) for c in CANONICAL_EMOTIONS]
+    lines += [views["sentiment"].text([s]) for s in views["sentiment"].slots[0].values]
+    lines += [views["dimensional"].text([a, v, d]) for a in LEVELS for v in LEVELS for d in LEVELS]
+    lines += [f"{p} {t}" for p in ("What emotion does the speaker express?", "say the emotion.") for t in lines]
+    tok = train_tokenizer(lines, vocab_size=400, min_frequency=1)
+    lm = dest / "gpt2"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=256,
+                               bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(lm)
+    tok.save_pretrained(lm)
+    _card(lm, "gpt2", **{"class": "GPT2LMHeadModel"})
+    return dest

@@ -22,7 +22,9 @@ prepare_cmd=              # stage 1 command that writes data dirs under \$data, 
 corpus_root=              # stage 1: corpus folder(s) the preparation reads (db.sh); their file listing is a stage-1 input (repeat the option for several)
 pool_cmd=                 # stage 0 command that writes the pre-training pool \$data/pretrain (mini_emo)
 zoo_config=               # stage 0 zoo config (mini_emo: conf/zoo.yaml); real recipes name hub checkpoints
-zoo=zoo                   # where stage 0 saves the zoo models (configs name zoo/<model>)
+zoo=                      # mini_emo: where stage 0 saves the zoo (default zoo/; configs name zoo/<model>); a recipe
+                          # without --zoo-config: the zoo whose models stand in, offline, for the hub checkpoints
+                          # its configs name (e.g. --zoo ../mini_emo/zoo; docs/zoo.md "Offline runs")
 protocols=conf/protocols.yaml  # train/dev/test sets (and folds) of each protocol
 data=data                 # data dirs
 dump=dump                 # features and caches
@@ -62,6 +64,12 @@ set -- "${__rest[@]+"${__rest[@]}"}"
 case $job_threads in ''|*[!0-9]*|0*) log "--job-threads must be a positive integer, got '$job_threads'"; exit 1 ;; esac
 
 sertk() { "$python" -m sertk.cli "$@"; }
+if [ -n "$zoo_config" ]; then
+  zoo=${zoo:-zoo}
+elif [ -n "$zoo" ]; then
+  [ -d "$zoo" ] || { log "--zoo $zoo: no such directory (build one: cd egs/mini_emo && ./run.sh --stage 0 --stop-stage 0)"; exit 1; }
+  SERTK_ZOO=$(cd "$zoo" && pwd); export SERTK_ZOO
+fi
 # with_threads CMD...: CMD with the thread pools of its processes (OpenMP, MKL, OpenBLAS) sized to
 # --job-threads from their start; the sertk entry points it runs also get --threads, which sets and records it
 with_threads() { OMP_NUM_THREADS=$job_threads MKL_NUM_THREADS=$job_threads OPENBLAS_NUM_THREADS=$job_threads "$@"; }
@@ -104,6 +112,19 @@ extra_protocols() {  # every other protocols file a CONFIG@PROTOCOLS entry names
     case $c in *@*) [ "${c#*@}" = "$protocols" ] || echo "${c#*@}" ;; esac
   done | awk '!seen[$0]++'
 }
+
+# offline (--zoo without a zoo config): every hub name the configs of the stages in range name has a
+# stand-in, checked once before any stage runs; each stage substitutes it and records it in results.json
+if [ -n "${SERTK_ZOO-}" ]; then
+  run_configs_list=()
+  for pair in "3 4 ser_configs" "5 6 icl_configs" "7 8 distill_configs" "9 9 zsfuse_configs" "10 10 token_configs"; do
+    read -r first last var <<< "$pair"
+    [ "$stage" -gt "$last" ] || [ "$stop_stage" -lt "$first" ] || run_configs_list+=(${!var})
+  done
+  log "offline: hub checkpoints resolve to the zoo models of $SERTK_ZOO that stand in for them"
+  "$python" -m sertk.bin.stand_ins --zoo "$SERTK_ZOO" "${set_args[@]+"${set_args[@]}"}" \
+    --configs "${run_configs_list[@]+"${run_configs_list[@]}"}" || exit 1
+fi
 
 if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
   if [ -z "$zoo_config" ]; then
@@ -215,11 +236,16 @@ run_one_config() {
   if [ "$action" = evaluate ]; then
     deps+=" $({ find "$exp/$tag" -name run_digest.json -not -path '*.old-[0-9]*' 2>/dev/null || true; } | sort | tr '\n' ' ')"
   fi
-  # zoo models a config names: a rebuilt zoo model re-runs the stage
-  deps+=$(for d in $(grep -oE "(^|[ {:])$zoo/[A-Za-z0-9_.-]+" "$c" | grep -oE "$zoo/[A-Za-z0-9_.-]+" | sort -u); do
-            [ ! -f "$d/zoo.json" ] || printf ' %s' "$d/zoo.json"; done)
+  # zoo models a config names (or, offline, every stand-in it may resolve to): a rebuilt one re-runs the stage
+  if [ -n "${SERTK_ZOO-}" ]; then
+    deps+=$(printf ' %s' "$SERTK_ZOO"/*/zoo.json)
+  elif [ -n "$zoo" ]; then
+    deps+=$(for d in $(grep -oE "(^|[ {:])$zoo/[A-Za-z0-9_.-]+" "$c" | grep -oE "$zoo/[A-Za-z0-9_.-]+" | sort -u); do
+              [ ! -f "$d/zoo.json" ] || printf ' %s' "$d/zoo.json"; done)
+  fi
   run_stage "$num" "${action}_${tag}" "$c $p $data $dump/egemaps $deps" "$exp/$tag" \
-    "corpus=$corpus sample_rate=$sample_rate overrides=$overrides" "${fresh[@]+"${fresh[@]}"}" -- \
+    "corpus=$corpus sample_rate=$sample_rate overrides=$overrides${SERTK_ZOO:+ stand_ins=$SERTK_ZOO}" \
+    "${fresh[@]+"${fresh[@]}"}" -- \
     $launcher -m sertk.bin.$action --config "$c" --protocols "$p" --data "$data" \
       --dump "$dump" --exp "$exp/$tag" --corpus "$corpus" --sample-rate "$sample_rate" --stage "$num" \
       --threads "$job_threads" "${set_args[@]+"${set_args[@]}"}"

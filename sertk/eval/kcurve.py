@@ -55,8 +55,24 @@ def _methods(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["method"] for r in rows))
 
 
+def fold_mean(curves: list[list[dict]], metric: str = "uar") -> list[dict]:
+    """The k-curves of a protocol's folds as one: per (method, condition, k) the mean over the folds that
+    have the point and its sample std (``<metric>_fold_sd``; one fold: no std)."""
+    points: dict[tuple, list[float]] = {}
+    for curve in curves:
+        for r in curve:
+            points.setdefault((r["method"], r["condition"], r["k"]), []).append(float(r[f"{metric}_mean"]))
+    out = []
+    for (method, cond, k), v in points.items():
+        sd = float(np.std(v, ddof=1)) if len(v) > 1 else None
+        out.append({"method": method, "condition": cond, "k": k, "draws": 1, "folds": len(v),
+                    f"{metric}_mean": float(np.mean(v)), f"{metric}_fold_sd": sd})
+    return out
+
+
 def markdown_table(rows: list[dict], metric: str = "uar") -> str:
-    """One line per (method, condition), one column per k: ``mean [lo, hi]`` over draws."""
+    """One line per (method, condition), one column per k: ``mean [lo, hi]`` over draws, or ``mean ± sd``
+    over folds for a :func:`fold_mean` curve."""
     ks = sorted({r["k"] for r in rows})
     conds = list(dict.fromkeys(r["condition"] for r in rows))
     at = {(r["method"], r["condition"], r["k"]): r for r in rows}
@@ -69,6 +85,8 @@ def markdown_table(rows: list[dict], metric: str = "uar") -> str:
                 r = at.get((m, cond, k))
                 if r is None:
                     cells.append("–")
+                elif r.get(f"{metric}_fold_sd") is not None:
+                    cells.append(f"{r[f'{metric}_mean']:.3f} ± {r[f'{metric}_fold_sd']:.3f}")
                 elif r["draws"] > 1:
                     lo, hi = r[f"{metric}_ci"]
                     cells.append(f"{r[f'{metric}_mean']:.3f} [{lo:.3f}, {hi:.3f}]")

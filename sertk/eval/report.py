@@ -15,9 +15,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 import sertk
 from sertk.common.fileio import hash_obj, write_text_atomic
-from sertk.eval.metrics import aggregate_folds
+from sertk.common.stand_ins import card_names
+from sertk.eval.metrics import aggregate_folds, bootstrap_ci, scores_from_confusion
 from sertk.eval.results import ResultsError, read_results, slug
 from sertk.export.table import has_students, students_table
 
@@ -60,6 +63,7 @@ class Row:
     collapsed: bool = False                           # the model (of any fold) did not learn
     undefined: dict = field(default_factory=dict)     # CCC dim -> folds where it is undefined ([] for a single result)
     extra: dict = field(default_factory=dict)         # results.json extra of a single result (e.g. an ICL k-curve)
+    pooled: dict = field(default_factory=dict)        # folds: metric -> (value, lo, hi) over all folds' utterances
 
     @property
     def label(self) -> str:
@@ -197,7 +201,36 @@ def _fold_row(members: list[dict]) -> Row:
                protocol_id=pid, metrics=mean, labels=first.get("labels"), confusion=agg.get("confusion"),
                paths=[r["path"] for r in members], folds=folds, std=agg["std"],
                fold_ids=[r["protocol_id"] for r in members], collapsed=any(_collapsed(r) for r in members),
-               undefined=undefined)
+               undefined=undefined, pooled=pooled_intervals(agg.get("confusion")), extra=_fold_kcurve(members))
+
+
+def _fold_kcurve(members: list[dict]) -> dict:
+    """An ICL protocol's k-curve over its folds (mean ± sd of each fold's curve), when every fold has one."""
+    from sertk.eval.kcurve import fold_mean
+
+    curves = [(r.get("extra") or {}).get("kcurve") for r in members]
+    if not curves or not all(curves):
+        return {}
+    return {"kcurve": fold_mean(curves), "draws": (members[0].get("extra") or {}).get("draws"),
+            "speakers": sum(int((r.get("extra") or {}).get("speakers") or 0) for r in members)}
+
+
+POOLED = ("uar", "wa", "macro_f1")
+
+
+def pooled_intervals(confusion, n_boot: int = 1000) -> dict:
+    """UAR, WA and macro-F1 of all folds' test utterances scored as one set, each with a 95% bootstrap
+    interval (utterances resampled; the summed confusion holds every (label, prediction) pair)."""
+    if confusion is None:
+        return {}
+    cm = np.asarray(confusion, dtype=np.int64)
+    idx = np.arange(cm.shape[0])
+    y_true = np.repeat(np.repeat(idx, cm.shape[1]), cm.ravel()).astype(str)
+    y_pred = np.repeat(np.tile(idx, cm.shape[0]), cm.ravel()).astype(str)
+    if y_true.size == 0:
+        return {}
+    value = scores_from_confusion(cm)
+    return {k: (float(value[k]), *bootstrap_ci(y_true, y_pred, k, n_boot=n_boot)) for k in POOLED}
 
 
 def build_rows(records: list[dict]) -> list[Row]:
@@ -230,6 +263,9 @@ def _cell(row: Row, key: str, sub: str | None = None) -> str:
     if not isinstance(m, (int, float)) or isinstance(m, bool):
         return "–"
     if row.folds:
+        pooled = row.pooled.get(key) if sub is None else None
+        if pooled and pooled[1] is not None:
+            return f"{m:.3f} ± {_num(s)}; pooled {pooled[0]:.3f} [{pooled[1]:.3f}, {pooled[2]:.3f}]"
         return f"{m:.3f} ± {_num(s)}"
     ci = row.metrics.get(f"{key}_{sub}_ci" if sub else f"{key}_ci")
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci):
@@ -381,6 +417,12 @@ def _kcurve_sections(rows: list[Row], out_dir: Path) -> list[str]:
         curve = r.extra.get("kcurve")
         if not curve:
             continue
+        if r.folds:
+            out += ["", f"k-curve of {r.label}: {r.short_protocol}. UAR, mean ± sd over the {len(r.folds)} folds of "
+                    f"each fold's mean over {r.extra.get('draws')} seeded enrolment draws per test speaker "
+                    f"({r.extra.get('speakers')} test speakers in all); per-fold curves and PNGs beside each "
+                    "fold's result. Methods and conditions as below.", "", markdown_table(curve)]
+            continue
         png = Path(str(r.extra.get("kcurve_png", "")))
         link = f" ([png]({Path(os.path.relpath(png.resolve(), out_dir)).as_posix()}))" if png.is_file() else ""
         head = r.extra.get("headline") or {}
@@ -461,7 +503,8 @@ def zoo_section(zoo_dir: Path, records: list[dict]) -> str:
             hits = [f"{uar(r):.3f} ({r['name']}, layer {r['extra'].get('layer')})" for r in mine if where(r) == col]
             cells.append("; ".join(hits) or "-")
         dev = ", ".join(f"{k} {v}" for k, v in (c.get("dev") or {}).items())
-        kind = f"real: `{c.get('stands_in_for')}`" if c.get("real") else f"stand-in for `{c.get('stands_in_for')}`"
+        first = (card_names(c) or [None])[0]
+        kind = f"real: `{first}`" if c.get("real") else f"stand-in for `{first}`"
         body.append([f"`zoo/{c['name']}`", f"`{c.get('class')}`", kind,
                      f"{c.get('params', 0):,}", c.get("objective", ""), f"{c.get('train_seconds', 0):.0f}", dev] + cells)
     if egemaps:
@@ -483,6 +526,16 @@ CONDITION_COLUMNS = [("UAR", "uar"), ("dUAR vs aligned", "duar_vs_aligned"), ("d
                      ("unparsed", "unparsed_rate"), ("tokens changed", "tokens_changed")]
 
 
+def model_label(record: dict) -> str:
+    """The model a stage-10 result ran, as a table cell: an offline stand-in (``stand_ins``) as
+    ``zoo/<name>`` with the hub checkpoint it stood in for."""
+    model = str((record.get("extra") or {}).get("model"))
+    for s in (record.get("stand_ins") or {}).values():
+        if s.get("path") == model:
+            return f"`zoo/{s['zoo_model']}` (for `{s['configured']}`)"
+    return f"`{model}`"
+
+
 def condition_section(records: list[dict]) -> str:
     """Stage 10's condition table: per model, test set and decision, one row per token condition
     (folds averaged), with the figures that say whether predictions shift to neutral or collapse."""
@@ -494,7 +547,7 @@ def condition_section(records: list[dict]) -> str:
     for r in recs:
         e, p = r["extra"], r["protocol"]
         test = re.sub(r"(?i)fold[_-]?\d+", "fold*", str(p["test"]))
-        key = (str(e.get("model")), p["corpus"], p.get("protocol") or p["scheme"], test, e["decision"], e["condition"])
+        key = (model_label(r), p["corpus"], p.get("protocol") or p["scheme"], test, e["decision"], e["condition"])
         groups.setdefault(key, []).append(r)
     order = ["none", "aligned", "shuffled", "permuted", "conflicting", "corrupted", "corrupted_nonsense"]
     body = []
@@ -505,7 +558,7 @@ def condition_section(records: list[dict]) -> str:
             vals = [r["metrics"].get(m) for r in members if isinstance(r["metrics"].get(m), (int, float))]
             cells.append(_num(sum(vals) / len(vals)) if vals else "–")
         folds = f" ({len(members)} folds)" if len(members) > 1 else ""
-        body.append([f"`{key[0]}`", f"{key[1]} {key[2]}: {key[3]}{folds}", key[4], key[5]] + cells)
+        body.append([key[0], f"{key[1]} {key[2]}: {key[3]}{folds}", key[4], key[5]] + cells)
     return "\n".join([
         "### Concept-token conditions", "",
         "Same audio, only the token block of the prompt changes. dUAR: UAR minus that of the aligned / no-token "

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import sertk
+from sertk.common import stand_ins
 from sertk.common.fileio import hash_obj, is_moved_aside, write_json_atomic
 from sertk.common.threads import current_threads
 
@@ -106,6 +107,7 @@ def write_result(path, *, stage: int, name: str, task: str, protocol: dict, metr
         "confusion": confusion,
         "extra": extra or {},
         "threads": current_threads(),
+        **({"stand_ins": stand_ins.applied()} if stand_ins.applied() else {}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sertk_version": sertk.__version__,
     }

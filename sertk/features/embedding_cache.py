@@ -21,7 +21,9 @@ it holds and renamed into place whole, so concurrent runs never clash, and a
 set's ``index.json``, its commit marker, is written atomically after the last
 shard, so an interrupted run never leaves an index that reads as complete;
 the next run keeps the shards already written and computes only the rest
-(only utterances whose content key no shard holds are ever computed).
+(only utterances whose content key no shard holds are ever computed). A read
+gives the shard pages it touched back to the kernel, so reading a set holds
+one tensor, not the shards it reads (benchmarks/bench_real_lengths.py).
 
 A stored tensor is a function of its utterance and the store alone, never of
 the job that filled the store: on CPU the encoder runs on one utterance at a
@@ -42,10 +44,13 @@ share them, so the same encoder layer over the same audio is computed once.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
+import mmap
 import os
+import sys
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -229,12 +234,51 @@ def _fill(store: Path, encoder: torch.nn.Module, dataset: AudioDataset, utt2key:
 # --------------------------------------------------------------------- read --
 
 
+def _madvise():
+    """libc's madvise on Linux (None elsewhere: reads then keep the pages they touched, as before)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return fn
+
+
+_MADVISE = _madvise()
+MADV_DONTNEED = 4  # Linux: drop the pages; a private file mapping's clean pages fault back in from the file
+
+
+def _private_file_mapping(addr: int, path: Path) -> tuple[int, int] | None:
+    """(start, end) of the mapping holding ``addr`` when it is this process's private mapping of ``path``
+    (/proc/self/maps), else None."""
+    real = os.path.realpath(path)
+    with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            parts = line.rstrip("\n").split(maxsplit=5)
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            if lo <= addr < hi:
+                return (lo, hi) if len(parts) == 6 and parts[1][3:4] == "p" and parts[5] == real else None
+    return None
+
+
 class ShardedFeatures(Mapping):
     """utt -> [T, D] float32 tensor, read from its shard on access (nothing is loaded up front).
 
     ``utt2loc`` maps an utterance to (shard, tensor name: its content key) in the
     store ``d``. Keeps at most ``OPEN_SHARDS`` shard handles; pickles without
     them (DataLoader workers reopen).
+
+    A handle maps its whole shard (safetensors' ``safe_open`` for torch: a
+    private memory map of the file) and ``get_tensor`` returns a view of it, so
+    every page a read touched would stay in the process's RSS while the handle is
+    open: reading a set would hold up to ``OPEN_SHARDS`` whole shards (4 x
+    ``SHARD_BYTES``: 512 MiB) and a probe's or SELM's peak RSS would grow with
+    the store. A read therefore returns a copy and gives the pages under it back
+    to the kernel (``MADV_DONTNEED``; only after /proc/self/maps shows them to be
+    a private map of the shard, whose pages are clean: a later read faults the
+    same bytes in again from the file). Values are the stored bytes either way.
     """
 
     def __init__(self, d: str | Path, utt2loc: dict[str, tuple[str, str]], utts: list[str] | None = None):
@@ -242,6 +286,7 @@ class ShardedFeatures(Mapping):
         self._utt2loc = utt2loc
         self._utts = list(utt2loc) if utts is None else list(utts)
         self._handles: OrderedDict = OrderedDict()
+        self._maps: dict[str, tuple[int, int] | None] = {}  # shard -> its open handle's mapping (None: not one)
         self._pid = os.getpid()
 
     def __getitem__(self, utt: str) -> torch.Tensor:
@@ -249,9 +294,26 @@ class ShardedFeatures(Mapping):
             raise KeyError(utt)
         shard, key = self._utt2loc[utt]
         try:
-            return self._handle(shard).get_tensor(key)
+            view = self._handle(shard).get_tensor(key)
         except Exception as e:  # noqa: BLE001 - name the file whatever safetensors raised
             raise FeatureCacheError(f"{self.d / shard}: cannot read utterance {utt!r} (key {key}): {e}") from e
+        return self._release(shard, view)
+
+    def _release(self, shard: str, view: torch.Tensor) -> torch.Tensor:
+        """A copy of ``view``; the pages of the shard's mapping under it are handed back to the kernel."""
+        out = view.clone()
+        nbytes = view.numel() * view.element_size()
+        if _MADVISE is None or not nbytes:
+            return out
+        page = mmap.PAGESIZE
+        start = view.data_ptr()
+        lo, hi = start - start % page, -(-(start + nbytes) // page) * page
+        span = self._maps.get(shard, ())
+        if span == () or (span is not None and not (span[0] <= lo and hi <= span[1])):
+            span = self._maps[shard] = _private_file_mapping(start, self.d / shard)
+        if span is not None and span[0] <= lo and hi <= span[1]:
+            _MADVISE(lo, hi - lo, MADV_DONTNEED)
+        return out
 
     def __contains__(self, utt) -> bool:
         return utt in self._utt2loc
@@ -265,7 +327,7 @@ class ShardedFeatures(Mapping):
     def _handle(self, shard: str):
         """An open shard (least recently used ones are closed), fresh in a forked worker."""
         if self._pid != os.getpid():
-            self._handles, self._pid = OrderedDict(), os.getpid()
+            self._handles, self._maps, self._pid = OrderedDict(), {}, os.getpid()
         if shard in self._handles:
             self._handles.move_to_end(shard)
         else:
@@ -273,12 +335,13 @@ class ShardedFeatures(Mapping):
             if not path.is_file():
                 raise FeatureCacheError(f"{path}: shard missing (rerun to recompute its utterances)")
             self._handles[shard] = safe_open(str(path), framework="pt")
+            self._maps.pop(shard, None)  # a new handle maps the file anew
             while len(self._handles) > OPEN_SHARDS:
-                self._handles.popitem(last=False)
+                self._maps.pop(self._handles.popitem(last=False)[0], None)
         return self._handles[shard]
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_handles": OrderedDict()}
+        return {**self.__dict__, "_handles": OrderedDict(), "_maps": {}}
 
 
 def _read_index(d: Path, store: Path) -> dict[str, tuple[str, str]] | None:

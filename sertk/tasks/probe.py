@@ -92,7 +92,7 @@ class _Features:
         self.m = cfg["model"]
         self.spec = {**self.m["encoder"], "freeze": True}  # as SELM's spec: both share one cache entry
         self.encoder, self.digest = frozen_encoder(self.spec, _seed(cfg))
-        self.pool, _ = build_pooling(POOLINGS[self.m.get("pooling", "mean")], self.encoder.hidden_size)
+        self.pool, self.dim = build_pooling(POOLINGS[self.m.get("pooling", "mean")], self.encoder.hidden_size)
 
     def pooled(self, set_name: str):
         """(data dir, utterances, [N, D] float64): cached frames pooled per utterance."""
@@ -101,8 +101,11 @@ class _Features:
                           targets=(), max_duration=d.get("max_duration"))
         feats = encoder_features(self.ctx.dump / "encoder_feats", self.encoder, self.spec, self.digest, ds,
                                  set_name, batch_size=d.get("cache_batch_size", 1))
-        x = np.stack([self._pool_one(feats[u]) for u in ds.utts])  # one lazy read per utterance
-        x = x.astype(np.float64)
+        # one lazy read per utterance, pooled into its row: no small array per utterance stays alive among
+        # the freed frame tensors, which kept glibc from reusing their space (peak RSS grew with the set)
+        x = np.empty((len(ds.utts), self.dim), dtype=np.float64)
+        for i, u in enumerate(ds.utts):
+            x[i] = self._pool_one(feats[u])
         if self.m.get("speaker_norm", False):
             x = speaker_normalize(x, [ds.datadir.utt2spk[u] for u in ds.utts])
         return ds.datadir, ds.utts, x

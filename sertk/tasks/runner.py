@@ -17,6 +17,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from sertk.common import stand_ins
 from sertk.common.entry import base_parser, init_expdir, resolve_config
 from sertk.common.fileio import hash_obj
 from sertk.common.logging import setup_logging
@@ -75,6 +76,10 @@ def missing_sets(split, data: Path) -> list[str]:
 def run(action: str, argv: list[str] | None, doc: str, module: str) -> int:
     args = parser(doc, action).parse_args(argv)
     cfg = resolve_config(args)
+    try:  # offline runs (--zoo): hub names become their zoo stand-ins before anything is recorded or loaded
+        cfg = stand_ins.apply_from_env(cfg, args.config or "config")
+    except stand_ins.StandInError as e:
+        raise SystemExit(str(e)) from e
     if "task" not in cfg:
         raise SystemExit(f"{args.config}: config needs a 'task' key (one of the sertk.tasks names)")
     task = get_task(cfg["task"])
@@ -84,6 +89,8 @@ def run(action: str, argv: list[str] | None, doc: str, module: str) -> int:
     else:
         logger = setup_logging(exp / "log" / f"{module.rsplit('.', 1)[-1]}.log") if os.environ.get(SPLIT_CHILD) \
             else logging.getLogger(module)
+    for line in stand_ins.describe(stand_ins.applied()):
+        logger.info("%s", line)
     name = Path(args.config).stem if args.config else cfg["task"]
     # a config may restrict itself to some protocols (e.g. distillation to the dimensional one);
     # the key is the runner's: the task never sees it

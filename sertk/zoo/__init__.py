@@ -26,6 +26,7 @@ import shutil
 import time
 from pathlib import Path
 
+from sertk.common.stand_ins import CARD_FILE, card_names
 from sertk.common.fileio import atomic_dir, hash_obj, write_json_atomic, write_text_atomic
 from sertk.zoo.pool import Pool
 
@@ -37,8 +38,9 @@ TRAINERS = {
     "generative_alm": "sertk.zoo.generative_alm",
     "clap": "sertk.zoo.clap",
     "whisper_ct2": "sertk.zoo.whisper_ct2",
+    "avd_regressor": "sertk.zoo.avd_regressor",
 }
-META_FILE = "zoo.json"
+META_FILE = CARD_FILE  # the card as data; offline runs read stands_in_for from it
 
 
 def get_trainer(name: str):
@@ -60,6 +62,12 @@ def check_zoo_config(cfg: dict, where: str = "zoo config") -> None:
             raise ValueError(f"{where}: models.{name}: names are folder names (letters, digits, _ and -)")
         if not isinstance(entry, dict) or "trainer" not in entry:
             raise ValueError(f"{where}: models.{name}: needs 'trainer' (one of {', '.join(sorted(TRAINERS))})")
+        names = entry.get("stands_in_for")
+        if names is not None and not (isinstance(names, str) or (
+                isinstance(names, list) and names and all(isinstance(n, str) and n for n in names))):
+            raise ValueError(f"{where}: models.{name}.stands_in_for: a hub name or a list of hub names (the first "
+                             f"is the model it copies or is an analogue of; the others it takes the place of "
+                             f"offline), got {names!r}")
         get_trainer(entry["trainer"]).check(entry, f"{where}: models.{name}")
     build_order(cfg)  # every model a model starts from is defined, and none starts from itself
 
@@ -236,14 +244,30 @@ def build_zoo(cfg: dict, pool_dir: str | Path, zoo_dir: str | Path, only: list[s
     return done
 
 
+def primary_name(meta: dict) -> str | None:
+    """The hub checkpoint a zoo model copies or is a small analogue of (first of ``stands_in_for``)."""
+    names = card_names(meta)
+    return names[0] if names else None
+
+
+def offline_note(meta: dict) -> str:
+    """The card's sentence on the other hub names it takes the place of in offline runs (``--zoo``)."""
+    others = card_names(meta)[1:]
+    if not others:
+        return ""
+    return (" In a real recipe run offline with `--zoo`, it also takes the place of "
+            + ", ".join(f"`{n}`" for n in others) + " (docs/zoo.md).")
+
+
 def readme(meta: dict) -> str:
     """The model card: what the model is, how it was trained, what it stands in for."""
     pool = meta["pool"]
     lines = [
         f"# zoo/{meta['name']}", "",
         f"A small pre-trained model of sertk's mini_emo zoo (stage 0 of `egs/mini_emo/run.sh`). "
-        f"It stands in for `{meta.get('stands_in_for')}`: a mini_emo config names `zoo/{meta['name']}` where a "
-        f"real recipe names that hub checkpoint, and the same `from_pretrained` code loads either.", "",
+        f"It stands in for `{primary_name(meta)}`: a mini_emo config names `zoo/{meta['name']}` where a "
+        f"real recipe names that hub checkpoint, and the same `from_pretrained` code loads either."
+        + offline_note(meta), "",
         meta.get("description", "").strip(), "",
         "| | |", "|---|---|",
         f"| class | `{meta.get('class')}` |",

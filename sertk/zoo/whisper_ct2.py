@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sertk.common.fileio import sha256_file
 from sertk.tasks import reject_unknown
+from sertk.zoo import offline_note, primary_name
 from sertk.zoo.common import count_params
 from sertk.zoo.ct2 import read_model_bin, whisper_from_ct2
 from sertk.zoo.pool import Pool
@@ -118,8 +119,8 @@ def readme(meta: dict) -> str:
     lines = [
         f"# zoo/{meta['name']}", "",
         f"A **real** pre-trained model, imported (not trained) by stage 0 of `egs/mini_emo/run.sh`: "
-        f"`{meta.get('stands_in_for')}`'s weights, loadable with the same `from_pretrained` code as the hub "
-        f"checkpoint, which a recipe with hub access names instead.", "",
+        f"`{primary_name(meta)}`'s weights, loadable with the same `from_pretrained` code as the hub "
+        f"checkpoint, which a recipe with hub access names instead." + offline_note(meta), "",
         meta.get("description", "").strip(), "",
         "| | |", "|---|---|",
         f"| class | `{meta.get('class')}` |",

@@ -48,6 +48,9 @@ EXPECTED_EMOTION = {"W": 127, "L": 81, "E": 46, "A": 69, "F": 71, "T": 62, "N": 
 EXPECTED_SPEAKER = {"03": 49, "08": 58, "09": 43, "10": 38, "11": 55, "12": 35, "13": 61, "14": 69, "15": 56,
                     "16": 71}
 SPLIT_FILE = Path("conf/splits/emodb_loso.txt")
+SPK5_FILE = Path("conf/splits/emodb_spk5.txt")
+# Five speaker pairs (one male, one female each) for the methods that select on a dev set.
+PAIRS = (("03", "08"), ("10", "09"), ("11", "13"), ("12", "14"), ("15", "16"))
 
 
 def build(db: Path, args, report):
@@ -75,14 +78,27 @@ def build(db: Path, args, report):
 
 
 def write_splits(args) -> list[Path]:
-    """Leave-one-speaker-out: 10 folds, fold k tests on the k-th speaker, trains on the other nine."""
+    """Leave-one-speaker-out (10 folds, no dev set) and speaker-pair 5-fold with a dev pair.
+
+    spk5: fold k tests on pair k (one male, one female speaker), selects on
+    pair k+1 and trains on the other six speakers; its sets serve the 7-class
+    protocol (spk5_*) and, under other names, the 4-class one (c4_*), whose
+    label map leaves boredom, disgust and fear out.
+    """
     speakers = [f"{CORPUS.domain}-{s}" for s in SPEAKERS]
     sets = fold_sets([[s] for s in speakers], dev=None)
+    pairs = [[f"{CORPUS.domain}-{s}" for s in pair] for pair in PAIRS]
+    spk5 = {**fold_sets(pairs, dev="next", prefix="spk5_fold"), **fold_sets(pairs, dev="next", prefix="c4_fold")}
     return [write_split_list(SPLIT_FILE, sets, unit="speaker", version=1, description=[
         "EmoDB leave-one-speaker-out cross-validation: 10 folds in speaker order (03 08 09 10 11 12",
         "13 14 15 16); fold k tests on one speaker and trains on the other nine; no dev set.",
-        "Regenerate with: python3 local/prepare.py --write-splits"])]
-
+        "Regenerate with: python3 local/prepare.py --write-splits"]),
+        write_split_list(SPK5_FILE, spk5, unit="speaker", version=1, description=[
+            "EmoDB speaker-pair 5-fold cross-validation with a dev pair: pairs (03 08) (10 09) (11 13)",
+            "(12 14) (15 16), one male and one female speaker each; fold k tests on pair k, selects on",
+            "pair k+1 (cyclically) and trains on the other six speakers. spk5_* sets serve the 7-class",
+            "protocol, c4_* (the same speakers) the 4-class one. Regenerate with:",
+            "python3 local/prepare.py --write-splits"])]
 
 if __name__ == "__main__":
     sys.exit(run_prepare(CORPUS, build, doc=__doc__, write_splits=write_splits))
