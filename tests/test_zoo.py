@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelF
 from sertk.common.config import load_config
 from sertk.common.stand_ins import card_names
 from sertk.data.synth import generate_corpus
-from sertk.models.dawn import DawnRegressor, load_released
+from sertk.models.dawn import RELEASED, DawnRegressor, load_released
 from sertk.models.encoder import SpeechEncoder
 from sertk.models.selm import build_lm
 from sertk.models.text_tokenizer import HFTokenizer
