@@ -44,13 +44,18 @@ def test_permuted_keeps_each_utterances_levels_but_moves_them_across_slots():
     assert sum(o != t for o, t in zip(out, toks)) > len(toks) // 2
 
 
-def test_conflicting_flips_every_non_mid_level():
+def test_conflicting_changes_every_slot_of_every_utterance():
     toks = _tokens()
-    out = condition_tokens("conflicting", toks, LEVELS, seed=0, conflict_mid="keep")
-    flip = {"low": "high", "high": "low", "mid": "mid"}
-    assert all(o[c] == flip[t[c]] for o, t in zip(out, toks) for c in ct.CONCEPTS)
-    extreme = condition_tokens("conflicting", toks, LEVELS, seed=0, conflict_mid="extreme")
-    assert all(o[c] != t[c] for o, t in zip(extreme, toks) for c in ct.CONCEPTS)
+    out = condition_tokens("conflicting", toks, LEVELS, seed=0)
+    flip = {"low": ["high"], "high": ["low"], "mid": ["low", "high"]}
+    assert all(o[c] in flip[t[c]] for o, t in zip(out, toks) for c in ct.CONCEPTS)
+    assert condition_tokens("conflicting", toks, LEVELS, seed=0) == out  # seeded
+
+
+def test_the_removed_conflict_mid_key_is_refused_by_name():
+    cfg = {"task": "concept_alm", "model": {"name_or_path": "x"}, "perturb": {"seed": 0, "conflict_mid": "keep"}}
+    with pytest.raises(ValueError, match="conflict_mid.*every slot"):
+        check_config(cfg, "cfg")
 
 
 def test_corrupted_differs_from_aligned_and_nonsense_uses_no_level():
@@ -82,6 +87,15 @@ def test_condition_figures():
     assert figs["aligned"]["prediction_entropy_bits"] == pytest.approx(2.0)
     assert len(c["uar_ci"]) == 2 and c["uar_ci"][0] <= c["uar"] <= c["uar_ci"][1]
     assert entropy_bits(["happy"] * 7, labels) == 0.0
+    # each condition is tested against aligned and none on the same utterances, Holm over the 4 tests
+    # (conflicting vs aligned / none, aligned vs none, none vs aligned); no speakers given: utterances permuted
+    assert c["paired_vs_aligned"]["diff"] == pytest.approx(c["duar_vs_aligned"])
+    assert c["paired_vs_aligned"]["resample"] == "utterance" and "these utterances only" in c["paired_vs_aligned"]["note"]
+    assert figs["aligned"]["paired_vs_none"]["p"] == 1.0            # identical predictions
+    assert c["p_vs_aligned_holm"] >= c["paired_vs_aligned"]["p"]
+    spk = [f"s{i % 6}" for i in range(20)]
+    by_spk = condition_figures(pred, gold, labels, "neutral", n_boot=200, speakers=spk)["conflicting"]
+    assert by_spk["paired_vs_aligned"]["resample"] == "speaker" and by_spk["ci_method"] == "speaker_bootstrap"
 
 
 def test_unparsed_answers_are_errors_in_their_own_column():
@@ -165,6 +179,12 @@ def test_every_condition_and_decision_is_evaluated_and_reported(tiny_recipe, tmp
         assert (cond == "none") == ("agreement_with_none" not in m)
     exp = ctx.expdir / "eval" / "test"
     assert (exp / "aligned" / "scoring" / "confusion.png").is_file()
+    # the changed-token figures: utterances with any changed token, and (utterance, concept) slots apart
+    assert recs[("conflicting", "scoring")]["metrics"]["tokens_changed"] == 1.0
+    assert recs[("conflicting", "scoring")]["metrics"]["token_slots_changed"] == 1.0
+    perm = recs[("permuted", "scoring")]["metrics"]
+    assert 0 < perm["token_slots_changed"] < perm["tokens_changed"] <= 1.0
+    assert recs[("none", "scoring")]["metrics"]["tokens_changed"] is None
     assert (exp / "corrupted" / "generation" / "answers.txt").is_file()
     # the scoring decision is the argmax of the recorded answer log-probabilities
     scores = [ln.split() for ln in (exp / "none" / "scoring" / "scores.txt").read_text().splitlines()[1:]]

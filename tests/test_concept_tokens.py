@@ -168,16 +168,25 @@ TOKENS = [{"energy": "low", "pitch": "mid", "voice quality": "high"},
           {"energy": "high", "pitch": "high", "voice quality": "high"}]
 
 
-def test_conflict_flips_low_and_high():
-    flipped = conflict_tokens(TOKENS)
-    assert flipped[0] == {"energy": "high", "pitch": "mid", "voice quality": "low"}
-    assert flipped[3] == {"energy": "low", "pitch": "low", "voice quality": "low"}
-    assert conflict_tokens(flipped) == TOKENS
-    extreme = conflict_tokens(TOKENS * 20, mid="extreme", seed=1)
-    mids = [e["pitch"] for t, e in zip(TOKENS * 20, extreme) if t["pitch"] == "mid"]
-    assert set(mids) == {"low", "high"}
-    assert all(e[c] != t[c] for t, e in zip(TOKENS * 20, extreme) for c in t)
-    assert conflict_tokens(TOKENS, mid="extreme", seed=1) == conflict_tokens(TOKENS, mid="extreme", seed=1)
+def test_conflicting_tokens_contradict_the_audio_in_every_slot():
+    """low <-> high, and mid (no mirror) moves to low or high, seeded per slot: no slot keeps its level."""
+    flipped = conflict_tokens(TOKENS * 20, seed=1)
+    for t, f in zip(TOKENS * 20, flipped):
+        for c in t:
+            assert f[c] == {"low": "high", "high": "low"}[t[c]] if t[c] != "mid" else f[c] in ("low", "high")
+    assert {f["pitch"] for t, f in zip(TOKENS * 20, flipped) if t["pitch"] == "mid"} == {"low", "high"}
+    assert ct.changed_figures(flipped, TOKENS * 20) == {"utterances_changed": 1.0, "slots_changed": 1.0}
+    assert conflict_tokens(TOKENS, seed=1) == conflict_tokens(TOKENS, seed=1)
+    five = ct.level_names(5)
+    assert [conflict_tokens([{"e": lvl}], five, seed=0)[0]["e"] != lvl for lvl in five] == [True] * 5
+    assert conflict_tokens([{"e": "very low"}], five)[0] == {"e": "very high"}
+
+
+def test_changed_figures_count_utterances_with_any_change_and_slots_apart():
+    aligned = [{"a": "low", "b": "mid", "c": "high"}] * 4
+    perturbed = [{"a": "high", "b": "mid", "c": "high"}, dict(aligned[0]), dict(aligned[0]),
+                 {"a": "mid", "b": "low", "c": "low"}]
+    assert ct.changed_figures(perturbed, aligned) == {"utterances_changed": 0.5, "slots_changed": 4 / 12}
 
 
 def test_shuffle_gives_every_utterance_another_ones_tokens():

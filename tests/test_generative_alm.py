@@ -211,7 +211,8 @@ def test_zoo_alm_builds_and_loads_like_the_hub_model(tmp_path):
     card = built["alm"]
     assert card["class"] == "Qwen2AudioForConditionalGeneration"
     assert card["stands_in_for"] == "Qwen/Qwen2-Audio-7B-Instruct"
-    assert {"parsed_none", "uar_none"} <= set(card["dev"])
+    assert {"parsed_none", "uar_none", "describe_level_acc", "describe_level_acc_tokens"} <= set(card["dev"])
+    assert "never with tokens" in card["objective"] and "none with an emotion label" in card["objective"]
     d = tmp_path / "zoo" / "alm"
     assert json.loads((d / "config.json").read_text())["model_type"] == "qwen2_audio"
     alm = GenerativeALM.load({"name_or_path": str(d), "device": "cpu"})

@@ -256,6 +256,83 @@ def test_task_meta_trains_and_evaluates_k_curves_with_baselines_on_the_same_draw
     assert "k=0 | k=1 | k=4" in text and "| icl | arbitrary |" in text and "| spk_norm | cover |" in text
 
 
+def test_the_lm_reads_label_words_and_the_headline_interval_resamples_speakers(tmp_path):
+    """Codes (CREMA-D's ANG, MSP-Podcast-like H) reach the LM as their words; results keep the codes;
+    the headline interval resamples test speakers (each query is scored once per draw)."""
+    from sertk.eval.metrics import bootstrap_ci
+    from sertk.models.text_tokenizer import load_tokenizer
+
+    for name, n_spk, seed in (("tr", 3, 0), ("dv", 2, 1), ("te", 3, 2)):
+        _write_set(tmp_path, name, n_spk, 8, seed)
+    codes = ["NEU", "H", "ANG", "SAD"]  # CLASSES' order; utt2emo holds the words, the map's aliases take them in
+    (tmp_path / "labels.yaml").write_text(yaml.safe_dump({
+        "name": "codes", "labels": codes, "aliases": dict(zip(CLASSES, codes)), "words": {"H": "happy"}}))
+    cfg = _cfg()
+    cfg["train"]["epochs"] = 1
+    cfg["eval"] = {"k": [0, 4], "draws": 3, "conditions": ["arbitrary"], "bootstrap": 200}
+    split = Split(corpus="toy", protocol="p", scheme="speaker-independent", train="tr", dev="dv", tests=["te"],
+                  label_map=str(tmp_path / "labels.yaml"))
+    ctx = TaskContext(data=tmp_path / "data", dump=tmp_path / "dump", expdir=tmp_path / "exp", name="icl", stage=6)
+    task.train(cfg, split, ctx)
+    info = yaml.safe_load((ctx.expdir / "model.yaml").read_text())
+    assert info["labels"] == codes and info["label_words"] == CLASSES
+    assert info["episodes"]["diverse"] is True  # auto: these speakers have every class
+    tok = load_tokenizer(ctx.expdir / "tokenizer")
+    model, _ = task.load_trained(ctx.expdir, ENC["config"]["hidden_size"])
+    word_ids = [tok.encode(" " + w) for w in CLASSES]
+    assert model.template.class_ids == word_ids  # the answers scored
+    assert [tok.decode(x).strip() for x in model.template.class_ids] == CLASSES
+    audio = torch.zeros(2, PROJ["length"], model.lm.get_input_embeddings().weight.shape[1])
+    pieces = model.enrolment(audio, [2, 1])  # enrolment labels ANG, H
+    t = model.template
+    for piece, word in zip(pieces[2::2], ("angry", "happy")):
+        assert torch.equal(piece, model._tokens(t.label_prefix + tok.encode(" " + word) + t.separator))
+    [path] = task.evaluate(cfg, split, ctx)
+    rec = json.loads(path.read_text())
+    assert rec["labels"] == codes and rec["metrics"]["ci_method"] == "speaker_bootstrap"
+    u2s = DataDir.read(tmp_path / "data" / "te").utt2spk
+    rows = [line.split("\t") for line in (path.parent / "predictions.tsv").read_text().splitlines()[1:]]
+    head = [r for r in rows if r[:2] == ["arbitrary", "4"]]
+    assert len(head) == 3 * 3 * (8 - 4)  # 3 speakers x 3 draws x 4 queries: each query up to 3 times
+    gold, pred = [r[4] for r in head], [r[5] for r in head]
+    assert rec["metrics"]["uar_ci"] == list(bootstrap_ci(gold, pred, "uar", n_boot=200,
+                                                         groups=[u2s[r[3]] for r in head]))
+    cfg["eval"]["ci_unit"] = "query"  # or queries, each with all its draws
+    [path] = task.evaluate(cfg, split, ctx)
+    rec = json.loads(path.read_text())
+    assert rec["metrics"]["ci_method"] == "query_bootstrap"
+    assert rec["metrics"]["uar_ci"] == list(bootstrap_ci(gold, pred, "uar", n_boot=200, groups=[r[3] for r in head]))
+    with pytest.raises(ValueError, match="eval.ci_unit must be one of"):
+        check_config({**cfg, "eval": {"ci_unit": "utterance"}}, "icl.yaml")
+
+def test_the_headline_interval_counts_a_query_once_and_resamples_speakers():
+    """Pooled over 5 draws each query appears 5 times; speakers differ in how well they are served."""
+    from sertk.eval.metrics import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    utt2spk = {f"s{s}_{i:02d}": f"s{s}" for s in range(8) for i in range(12)}
+    skill = {f"s{s}": 0.3 + 0.09 * s for s in range(8)}
+    gold = {u: int(rng.integers(4)) for u in utt2spk}
+    right = {u: rng.random() < skill[utt2spk[u]] for u in utt2spk}  # a query is mostly decided alike in every draw
+    by_draw = {}
+    for d in range(5):
+        qs = sorted(utt2spk)
+        pred = [gold[u] if (right[u] if rng.random() < 0.8 else rng.random() < 0.5) else (gold[u] + 1) % 4
+                for u in qs]
+        by_draw[d] = ([gold[u] for u in qs], pred, qs)
+    m = task.headline_metrics(by_draw, CLASSES, utt2spk, "speaker", 500)
+    g = [CLASSES[i] for d in by_draw for i in by_draw[d][0]]
+    p = [CLASSES[i] for d in by_draw for i in by_draw[d][1]]
+    spk = [utt2spk[u] for d in by_draw for u in by_draw[d][2]]
+    assert m["n"] == 5 * 96 and m["ci_method"] == "speaker_bootstrap"
+    assert m["uar_ci"] == list(bootstrap_ci(g, p, "uar", n_boot=500, groups=spk))
+    pooled = bootstrap_ci(g, p, "uar", n_boot=500)  # what the headline held before: decisions resampled
+    assert m["uar_ci"][1] - m["uar_ci"][0] > 1.5 * (pooled[1] - pooled[0])
+    q = task.headline_metrics(by_draw, CLASSES, utt2spk, "query", 500)
+    assert q["ci_method"] == "query_bootstrap"
+    assert q["uar_ci"][1] - q["uar_ci"][0] > 1.5 * (pooled[1] - pooled[0])
+    assert "uar_ci" not in task.headline_metrics(by_draw, CLASSES, utt2spk, "speaker", 0)
+
 def test_a_protocol_without_dev_speakers_holds_training_speakers_out(tmp_path):
     """IEMOCAP's leave-one-session-out folds have no dev set: dev speakers come out of training, not test."""
     for name, n_spk, seed in (("tr", 3, 0), ("te", 2, 2)):

@@ -242,6 +242,74 @@ def test_bootstrap_rejects_bad_arguments():
         bootstrap_ci(["a"], ["a", "b"], "uar")
 
 
+
+# ---------------------------------------------------------------- speaker (cluster) bootstrap
+
+def test_speaker_bootstrap_resamples_whole_speakers_hand_computed():
+    """Speaker A: 3 right; speaker B: 1 wrong. A resample is AA, AB or BB (1/4, 1/2, 1/4): WA 1, 3/4 or 0."""
+    gold, pred, spk = ["x"] * 4, ["x", "x", "x", "y"], ["A", "A", "A", "B"]
+    seen = []
+
+    def wa(t, p):
+        seen.append("".join(sorted("A" if (ti, pi) == ("x", "x") else "B" for ti, pi in zip(t, p))))
+        return float(np.mean(t == p))
+
+    assert bootstrap_ci(gold, pred, wa, n_boot=2000, groups=spk) == (0.0, 1.0)  # BB and AA are 1/4 each
+    freq = {c: seen.count(c) / len(seen) for c in set(seen)}
+    assert set(freq) == {"AAAAAA", "AAAB", "BB"}  # whole speakers only: never a part of A
+    assert freq["AAAAAA"] == pytest.approx(0.25, abs=0.03) and freq["AAAB"] == pytest.approx(0.5, abs=0.03)
+    assert bootstrap_ci(gold, pred, "wa", n_boot=2000, groups=spk) == (0.0, 1.0)  # the numpy path agrees
+    # resampling utterances instead: 4 draws of p = 3/4, P(WA <= 1/4) = 13/256 > 2.5% > P(WA = 0)
+    assert bootstrap_ci(gold, pred, "wa", n_boot=2000) == (0.25, 1.0)
+
+
+def _correlated(n_spk=20, per_spk=30, draws=1, seed=0):
+    """Each speaker's decisions share one accuracy (0.2..1.0): strong within-speaker correlation."""
+    rng = np.random.default_rng(seed)
+    gold, pred, spk = [], [], []
+    for s in range(n_spk):
+        acc = rng.uniform(0.2, 1.0)
+        t = list(rng.choice(LABELS, size=per_spk))
+        p = [g if rng.random() < acc else LABELS[(LABELS.index(g) + 1) % 4] for g in t]
+        for _ in range(draws):  # a query scored once per enrolment draw is one observation several times over
+            gold += t
+            pred += p
+            spk += [f"s{s:02d}"] * per_spk
+    return gold, pred, spk
+
+
+def test_speaker_bootstrap_is_wider_under_within_speaker_correlation():
+    gold, pred, spk = _correlated(draws=5)
+    per_utt = bootstrap_ci(gold, pred, "uar")
+    per_spk = bootstrap_ci(gold, pred, "uar", groups=spk)
+    point = classification_metrics(gold, pred, LABELS)["uar"]
+    assert per_spk[0] < point < per_spk[1]
+    assert per_spk[1] - per_spk[0] > 2.5 * (per_utt[1] - per_utt[0])
+    assert per_spk == bootstrap_ci(gold, pred, "uar", groups=spk)  # seeded
+    # the numpy path draws the resamples the callable path draws
+    slow = bootstrap_ci(gold, pred, lambda t, p: classification_metrics(t, p, LABELS)["uar"], n_boot=40, groups=spk)
+    assert bootstrap_ci(gold, pred, "uar", n_boot=40, groups=spk) == pytest.approx(slow)
+
+
+def test_speaker_bootstrap_of_ccc_matches_the_callable_path():
+    rng = np.random.default_rng(4)
+    spk = np.repeat(np.arange(12), 15)
+    gold = rng.normal(size=(len(spk), 3)) + rng.normal(size=(12, 3))[spk]
+    pred = gold + rng.normal(size=gold.shape) + rng.normal(size=(12, 3))[spk]
+    mean_ccc = lambda g, p: regression_metrics(p, g, ["a", "v", "d"])["ccc_mean"]  # noqa: E731
+    assert bootstrap_ci(gold, pred, "ccc_mean", n_boot=40, groups=spk) == pytest.approx(
+        bootstrap_ci(gold, pred, mean_ccc, n_boot=40, groups=spk))
+    assert bootstrap_ci(gold[:, 0], pred[:, 0], "ccc", n_boot=40, groups=spk) == pytest.approx(
+        bootstrap_ci(gold[:, 0], pred[:, 0], ccc, n_boot=40, groups=spk))
+
+
+def test_speaker_bootstrap_needs_two_speakers_and_one_id_per_item():
+    assert bootstrap_ci(["a", "b"], ["a", "a"], "uar", groups=["s", "s"]) == (None, None)
+    with pytest.raises(ValueError, match="2 references but 1 group ids"):
+        bootstrap_ci(["a", "b"], ["a", "a"], "uar", groups=["s"])
+    with pytest.raises(ValueError, match="unknown bootstrap metric"):
+        bootstrap_ci(["a"], ["a"], "accuracy", groups=["s"])
+
 # ---------------------------------------------------------------- folds
 
 def test_aggregate_folds_mean_sample_std_and_pooled_confusion():

@@ -270,3 +270,23 @@ def test_an_undefined_ccc_is_reported_as_such_beside_the_categorical_results(tmp
     assert "*undefined*: CCC has no value" in text
     regression(tmp_path / "defined/lr/studio/eval/phone_test/avd/results.json", protocol(), False)
     assert "*undefined*" not in write_report(tmp_path / "defined", tmp_path / "defined.md", "t")
+
+
+def test_learning_curves_are_listed_and_linked(tmp_path):
+    from sertk.eval.plots import plot_learning_curve
+    root = tmp_path / "exp"
+    write_classification(root / "clf/studio/eval/phone_test/results.json", "clf", protocol(), seed=1)
+    hist = [{"epoch": e, "train_loss": 1.0 / e, "dev": {"uar": u}} for e, u in ((1, 0.3), (2, 0.6), (3, 0.5))]
+    for rel, collapsed in (("clf/studio", False), ("selm/studio", True), ("clf.old-1/studio", False)):
+        d = root / rel
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "history.json").write_text(json.dumps({"select_metric": "uar", "best_epoch": 2, "history": hist}))
+        (d / "best.json").write_text(json.dumps({"epoch": 2, "metrics": {"uar": 0.6}, "collapsed": collapsed,
+                                                 "collapse_reason": "dev uar at chance" if collapsed else None}))
+        plot_learning_curve(hist, d / "learning_curve.png", "uar", 2)
+    text = write_report(root, tmp_path / "RESULTS.md", "t")
+    section = text.split("## Learning curves", 1)[1]
+    assert "| clf/studio | 3 | 2 | uar 0.600 | learned | [png](exp/clf/studio/learning_curve.png) |" in section
+    assert "| selm/studio | 3 | 2 | uar 0.600 | did not learn: dev uar at chance |" in section
+    assert "clf.old-1" not in section                     # a run moved aside is not current
+    assert matplotlib.image.imread(str(root / "clf/studio/learning_curve.png")).shape[0] > 100

@@ -239,6 +239,12 @@ def test_best_epoch_is_chosen_on_dev_with_early_stopping(tmp_path):
     for e in range(1, 5):
         assert f"epoch {e}/6 train_loss" in log
     assert "dev {score: 0.7000} lr 0.001 time" in log and "early stop" in log
+    # the learning curve: every epoch's train loss and dev metric, kept beside the model and drawn
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert hist["best_epoch"] == 2 and [h["dev"]["score"] for h in hist["history"]] == [0.5, 0.7, 0.6, 0.65]
+    assert all(h["train_loss"] > 0 for h in hist["history"])
+    png = (tmp_path / "learning_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     # resuming an early-stopped run does not train on
     assert Trainer(make_model(), Regression(24), dev, collate, mse_loss, evaluate, cfg, tmp_path).fit()[
         "epochs_done"] == 4

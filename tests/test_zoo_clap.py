@@ -3,7 +3,6 @@ identical outputs, differing as the recipe says (tower size, training data, text
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,22 +10,18 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModel, ClapModel, ClapProcessor
 
-from sertk.common.config import load_config
-from sertk.data.synth import generate_corpus
 from sertk.models.clap_zeroshot import ClapFrontEnd, ClapZeroShot
 from sertk.zoo import build_zoo, check_zoo_config
 from sertk.zoo.clap import caption_clauses, key_clause
-from zoo_fixtures import RECIPE_ZOO, tiny_zoo
+from zoo_fixtures import RECIPE_ZOO, small_pool, tiny_zoo
 
-ROOT = Path(__file__).resolve().parent.parent
 CLAPS = ("clap_s", "clap_l", "clap_ms")
 
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo_clap")
-    synth = load_config(ROOT / "egs/mini_emo/conf/synth.yaml", ["pretrain.speakers=4", "pretrain.utts_per_speaker=4"])
-    generate_corpus(synth, root / "audio", root / "data", nj=1, part="pretrain")
+    small_pool(root, 4, 4)
     cfg = tiny_zoo()
     cfg["models"] = {k: v for k, v in cfg["models"].items() if k in CLAPS}
     built = build_zoo(cfg, root / "data/pretrain", root / "zoo")

@@ -10,6 +10,16 @@ RECIPE_ZOO = Path(__file__).resolve().parent.parent / "egs/mini_emo/conf/zoo.yam
 POOL_SMALL = ["pretrain.speakers=4", "pretrain.utts_per_speaker=8"]
 
 
+def small_pool(root: Path, speakers: int, utts_per_speaker: int) -> Path:
+    """mini_emo's pre-training pool, shrunk: ``root/data/pretrain`` (audio under ``root/audio``)."""
+    from sertk.common.config import load_config
+    from sertk.data.synth import generate_corpus
+    synth = load_config(RECIPE_ZOO.parent / "synth.yaml",
+                        [f"pretrain.speakers={speakers}", f"pretrain.utts_per_speaker={utts_per_speaker}"])
+    generate_corpus(synth, root / "audio", root / "data", nj=1, part="pretrain")
+    return root / "data" / "pretrain"
+
+
 def tiny_zoo() -> dict:
     return shrink_zoo_config(yaml.safe_load(RECIPE_ZOO.read_text()))
 

@@ -39,7 +39,8 @@ for f in run.sh db.sh conf/import.yaml conf/egemaps_lr.yaml RESULTS.md; do
 done
 chmod +x "$dest/run.sh"
 {
-  echo "# $name protocols. The split list is written by the first stage-1 run (seeded, by speaker);"
+  echo "# $name protocols. The split list is written by the first stage-1 run (seeded, by speaker;"
+  echo "# folds are also stratified by label, with class counts printed per fold);"
   echo "# commit it, and pin its sha256 here as lists_sha256 so a changed split is refused."
   echo "corpus: $name"
   echo "label_map: labels.yaml"

@@ -41,6 +41,9 @@ icl_configs=              # stage 5-6 configs
 distill_configs=          # stage 7-8 configs (teacher, students)
 zsfuse_configs=           # stage 9 configs
 token_configs=            # stage 10 configs
+token_nj=1                # stage 10: parts each test set is cut into, one ALM process each (--backend local, or a
+                          # Slurm array task each with --slurm-opts); the merged results are those of one job
+compare_config=conf/compare.yaml  # stage 11: the paired comparisons to test (when the file exists; docs/metrics.md)
 overrides=                # config overrides for stages 3-10, e.g. "train.epochs=2 train.lr=1e-4"
 redo=false                # true: run selected stages even when up to date
 python=python3            # python interpreter with sertk installed
@@ -218,6 +221,11 @@ run_one_config() {
   [ "$action" = train ] && [ "$redo" = true ] && fresh=(--run-arg=--fresh)
   # a lone config runs its splits (protocols, folds) split_jobs at a time; not under a DDP launcher
   [ "${split_jobs:-1}" -le 1 ] || { [ "$launcher" = "$python" ] && fresh+=(--run-arg=--split-jobs --run-arg="$split_jobs"); }
+  # stage 10: --token-nj parts per test set (a run argument: no figure changes, so the stage digest does not hold it)
+  if [ "$num" = 10 ] && [ "$token_nj" -gt 1 ]; then
+    fresh+=(--run-arg=--set --run-arg="eval.nj=$token_nj" --run-arg=--set --run-arg="eval.backend=$backend")
+    [ -z "$slurm_opts" ] || fresh+=(--run-arg=--set --run-arg="eval.slurm_opts=$slurm_opts")
+  fi
   c=$(config_of "$entry"); p=$(protocols_of "$entry"); tag=$(basename "$c" .yaml)
   if [ "$p" != "$protocols" ]; then  # multi-corpus sets: name unprepared sibling recipes, not a missing dir
     "$python" -m sertk.bin.build_multicorpus --protocols "$p" --data "$data" --list-inputs >/dev/null || return 1
@@ -308,7 +316,10 @@ done
 
 if [ "$stage" -le 11 ] && [ "$stop_stage" -ge 11 ]; then
   log "stage 11: report"
+  compare_args=()
+  [ -f "$compare_config" ] && compare_args=(--compare "$compare_config")
+  # --data/--conf: the test sets' speakers and label maps, for speaker-level pooled intervals and comparisons
   sertk report --exp "$exp" --out "$exp/RESULTS.md" --title "sertk results: ${corpus}" \
-    ${zoo_config:+--zoo "$zoo"}
+    --data "$data" --conf "$(dirname "$protocols")" ${zoo_config:+--zoo "$zoo"} "${compare_args[@]+"${compare_args[@]}"}"
 fi
 log "done (stages $stage-$stop_stage)"

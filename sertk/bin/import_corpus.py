@@ -23,6 +23,8 @@ conf/import.yaml (paths relative to the corpus root unless noted):
   split:
     list: splits/mycorpus_speaker_split.txt   # relative to this file; written on the first run
     fractions: {train: 0.8, dev: 0.1, test: 0.1}   # or: folds: 5 (and dev: next | none)
+    # stratify: label                    # folds only: speaker-disjoint AND label-stratified (default);
+    #                                    # none deals speakers at random. Class counts per fold are printed.
     seed: 0
 """
 from __future__ import annotations
@@ -33,13 +35,16 @@ from collections import Counter
 from pathlib import Path
 
 from sertk.common.config import ConfigError, load_yaml
-from sertk.data.corpus_prep import (CorpusInfo, PrepReport, assign_folds, fold_sets, run_prepare,
+from sertk.data.corpus_prep import (CorpusInfo, PrepError, PrepReport, assign_folds, fold_sets, run_prepare,
                                     split_units, write_split_list)
 from sertk.data.datadir import DataDir, byte_sorted
+from sertk.data.folds import describe_fold_counts, fold_label_counts, stratified_group_folds
 from sertk.data.importer import LabelNormaliser, import_csv, import_pattern
+from sertk.data.labels import LabelMap
 from sertk.data.validate import validate_datadir
 
 ALLOWED = {"corpus", "source", "labels", "split"}
+STRATIFY = ("label", "none")  # split.stratify: generated folds match the corpus's label mix, or deal speakers at random
 
 
 def load_import_config(path: str | Path) -> dict:
@@ -55,6 +60,9 @@ def load_import_config(path: str | Path) -> dict:
     src = cfg.get("source") or {}
     if ("csv" in src) == ("pattern" in src):
         raise ConfigError(f"{path}: source needs exactly one of 'csv' (a file) or 'pattern' (a folder layout)")
+    stratify = (cfg.get("split") or {}).get("stratify", "label")
+    if stratify not in STRATIFY:
+        raise ConfigError(f"{path}: split.stratify must be one of {', '.join(STRATIFY)}, got {stratify!r}")
     return cfg
 
 
@@ -75,14 +83,32 @@ def _write_label_map(path: Path, dd: DataDir, report: PrepReport, corpus: str) -
     report.note(f"wrote the label map {path} ({len(counts)} labels); edit it to choose and merge classes")
 
 
-def _write_split(path: Path, dd: DataDir, split: dict, report: PrepReport, corpus: str) -> None:
+def _write_split(path: Path, dd: DataDir, split: dict, report: PrepReport, corpus: str,
+                 label_map: LabelMap | None = None) -> None:
+    """Write the committed split list; generated folds keep speakers whole and every class in each test fold."""
     speakers = list(dd.spk2utt)
     seed = int(split.get("seed", 0))
     if "folds" in split:
         n = int(split["folds"])
         dev = split.get("dev", "none")
-        sets = fold_sets(assign_folds(speakers, n, seed), dev=None if dev in (None, "none") else dev)
-        how = f"{n} speaker-independent folds (dev: {dev})"
+        stratify = split.get("stratify", "label")
+        labels = {u: (lab if label_map is None else label_map.canonical(lab))
+                  for u, lab in dd.utt2emo.items() if label_map is None or lab in label_map}
+        if stratify == "label":
+            try:
+                folds = stratified_group_folds([dd.utt2spk[u] for u in labels], list(labels.values()), n, seed)
+            except ValueError as e:
+                raise PrepError(f"{path.name}: {e}") from e
+        else:
+            folds = assign_folds(speakers, n, seed)
+        sets = fold_sets(folds, dev=None if dev in (None, "none") else dev)
+        how = (f"{n} speaker-independent folds{', stratified by label' if stratify == 'label' else ''} "
+               f"(dev: {dev})")
+        lines, warns = describe_fold_counts(fold_label_counts(folds, dd.utt2spk, labels))
+        for line in lines:
+            report.note(line)
+        for w in warns:
+            report.warn(f"{path.name}: {w}")
     else:
         fractions = split.get("fractions") or {"train": 0.8, "dev": 0.1, "test": 0.1}
         sets = split_units(speakers, fractions, seed)
@@ -127,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             _write_label_map(map_path, dd, report, corpus)
         list_path = conf_dir / split.get("list", f"splits/{corpus}_speaker_split.txt")
         if not list_path.exists():
-            _write_split(list_path, dd, split, report, corpus)
+            _write_split(list_path, dd, split, report, corpus, LabelMap.load(map_path))
         return dd
 
     def validate_all(args) -> int:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 from sertk.data.datadir import DataDirError, read_table
+from sertk.data.folds import describe_fold_counts
 from sertk.data.split import make_folds, split_by_speaker, split_into_parts, write_folds
 
 
@@ -39,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--folds", type=int, help="K speaker-independent folds, OUT/fold{k}/{train,test}")
     p.add_argument("--out", help="output root for --fractions (OUT/<name>) and --folds")
     p.add_argument("--groups", help="file 'utt group' (e.g. session): keep groups, not speakers, whole")
+    p.add_argument("--no-stratify", action="store_true",
+                   help="--folds: deal speakers by size only, not matching each fold's label mix to the corpus's")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -61,9 +65,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{Path(args.out) / name}: {len(dd)} utterances, {len(dd.spk2utt)} speakers")
         else:
             folds = make_folds(args.dir, args.folds, seed=args.seed,
-                               by="group" if groups else "speaker", groups=groups)
+                               by="group" if groups else "speaker", groups=groups,
+                               stratify=not args.no_stratify)
             for path, (train, test) in zip(write_folds(folds, args.out), folds):
                 print(f"{path}: train {len(train)}, test {len(test)} utterances")
+            lines, warns = describe_fold_counts([Counter(t.utt2emo.values()) for _, t in folds])
+            for line in lines:
+                print(line)
+            for w in warns:
+                print(f"split-data-dir: warning: {w}", file=sys.stderr)
     except (DataDirError, ValueError, OSError) as e:
         print(f"split-data-dir: {e}", file=sys.stderr)
         return 1

@@ -23,7 +23,7 @@ Split list format (one file per protocol, committed under ``conf/splits/``)::
 
     # sertk split list
     # version: 1
-    # unit: speaker            (speaker -> utt2spk; any other X -> utt2X)
+    # unit: speaker            (speaker -> utt2spk; utt -> the utterance ids; any other X -> utt2X)
     # <free text: how the list was made>
     fold1_train  ravdess-02 ravdess-03 ...
     fold1_test   ravdess-01 ...
@@ -393,7 +393,19 @@ class SplitList:
 
     @property
     def unit_table(self) -> str:
-        return "utt2spk" if self.unit == "speaker" else f"utt2{self.unit}"
+        return "utt2spk" if self.unit == "speaker" else UTT_UNIT if self.unit == UTT_UNIT else f"utt2{self.unit}"
+
+
+UTT_UNIT = "utt"  # a list of utterance ids (e.g. imported EmoBox folds): every utterance is its own unit
+
+
+def _utt2unit(corpus: DataDir, table: str) -> dict[str, str] | None:
+    """utt -> the unit a split list names (None when the corpus lacks that table)."""
+    if table == UTT_UNIT:
+        return {u: u for u in corpus.utts}
+    if table not in corpus.tables:
+        return None
+    return {u: v.split()[0] for u, v in corpus.tables[table].items()}
 
 
 def read_split_list(path: str | Path) -> SplitList:
@@ -586,10 +598,10 @@ def build_protocol_sets(corpus: DataDir, protocols_path: str | Path, out: str | 
     plans = plan_protocol_sets(protocols_path)
     maps: dict[str, LabelMap] = {}
     for name, plan in plans.items():
-        if plan.unit_table not in corpus.tables:
+        utt2unit = _utt2unit(corpus, plan.unit_table)
+        if utt2unit is None:
             raise PrepError(f"{plan.list_path}: unit '{plan.unit}' needs {plan.unit_table}, "
                             "which this corpus's data does not have")
-        utt2unit = {u: v.split()[0] for u, v in corpus.tables[plan.unit_table].items()}
         want = set(plan.units)
         utts = [u for u in corpus.utts if utt2unit.get(u) in want]
         sub = corpus.subset(utts) if utts else None
@@ -628,10 +640,10 @@ def _report_list_coverage(corpus: DataDir, plans: Mapping[str, _SetPlan], report
     for p in plans.values():
         by_list.setdefault(p.list_path, []).append(p)
     for path, ps in by_list.items():
-        table = ps[0].unit_table
-        if table not in corpus.tables:
+        utt2unit = _utt2unit(corpus, ps[0].unit_table)
+        if utt2unit is None:
             continue
-        present = {v.split()[0] for v in corpus.tables[table].values()}
+        present = set(utt2unit.values())
         listed = {u for p in ps for u in p.units}
         absent = byte_sorted(listed - present)
         spare = byte_sorted(present - listed)

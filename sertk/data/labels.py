@@ -12,8 +12,16 @@ File formats (``LabelMap.load``)::
     name: iemocap4
     labels: [ang, hap, neu, sad]
     aliases: {exc: hap}
+    words: {ang: angry}      # optional: the word a text model reads for a class
 
 or a plain text file with one label per line (``#`` starts a comment).
+
+A class's *word* (:meth:`LabelMap.word`) is what a language model reads and
+writes for it (ICL's enrolment labels and answers): ``words`` if given, else
+the canonical word of a known corpus code (``ANG``, ``ang`` -> ``angry``), else
+the label itself, lower-cased, when it is a canonical word or 4+ letters
+(``bored``). A short code with none of these (MSP-Podcast's ``A``, IEMOCAP's
+``fru``) has no word until the map gives one.
 """
 from __future__ import annotations
 
@@ -54,9 +62,11 @@ class LabelError(ValueError):
 class LabelMap:
     """Ordered class labels plus aliases merged into them."""
 
-    def __init__(self, labels: list[str], aliases: dict[str, str] | None = None, name: str | None = None):
+    def __init__(self, labels: list[str], aliases: dict[str, str] | None = None, name: str | None = None,
+                 words: dict[str, str] | None = None):
         labels = [str(x) for x in labels]
         aliases = {str(k): str(v) for k, v in (aliases or {}).items()}
+        words = {str(k): str(v).strip() for k, v in (words or {}).items()}
         who = f"label map {name!r}" if name else "label map"
         if not labels:
             raise LabelError(f"{who}: no labels")
@@ -71,6 +81,12 @@ class LabelMap:
                 raise LabelError(f"{who}: alias {src!r} -> {dst!r} points outside the labels {labels}")
             if src in labels:
                 raise LabelError(f"{who}: {src!r} is both a label and an alias; keep one")
+        stray = sorted(set(words) - set(labels))
+        if stray:
+            raise LabelError(f"{who}: words given for {stray}, which are not labels {labels}")
+        if any(not w for w in words.values()):
+            raise LabelError(f"{who}: empty word in {words}")
+        self._words = words
         self._labels = labels
         self._aliases = aliases
         self._index = {x: i for i, x in enumerate(labels)}
@@ -95,14 +111,16 @@ class LabelMap:
             if not isinstance(obj, dict) or not isinstance(obj.get("labels"), list):
                 raise LabelError(f"{path}: expected a mapping with a 'labels' list "
                                  "(and optional 'name', 'aliases')")
-            unknown = set(obj) - {"name", "labels", "aliases"}
+            unknown = set(obj) - {"name", "labels", "aliases", "words"}
             if unknown:
-                raise LabelError(f"{path}: unknown keys {sorted(unknown)}; allowed: name, labels, aliases")
+                raise LabelError(f"{path}: unknown keys {sorted(unknown)}; allowed: name, labels, aliases, words")
             aliases = obj.get("aliases") or {}
             if not isinstance(aliases, dict):
                 raise LabelError(f"{path}: 'aliases' must be a mapping raw -> label")
+            if not isinstance(obj.get("words") or {}, dict):
+                raise LabelError(f"{path}: 'words' must be a mapping label -> word")
             try:
-                return cls(obj["labels"], aliases, obj.get("name") or path.stem)
+                return cls(obj["labels"], aliases, obj.get("name") or path.stem, obj.get("words"))
             except LabelError as e:
                 raise LabelError(f"{path}: {e}") from e
         labels = []
@@ -117,10 +135,11 @@ class LabelMap:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LabelMap":
-        return cls(d["labels"], d.get("aliases"), d.get("name"))
+        return cls(d["labels"], d.get("aliases"), d.get("name"), d.get("words"))
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "labels": list(self._labels), "aliases": dict(self._aliases)}
+        out = {"name": self.name, "labels": list(self._labels), "aliases": dict(self._aliases)}
+        return {**out, "words": dict(self._words)} if self._words else out
 
     def save(self, path: str | Path) -> None:
         write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -163,3 +182,20 @@ class LabelMap:
     def index(self, label: str) -> int:
         """Class index of a label or alias (the model's output position)."""
         return self._index[self.canonical(label)]
+
+    def word(self, label: str) -> str:
+        """The word a language model reads for a class (module docstring); a code without one raises."""
+        label = self.canonical(label)
+        low = label.lower()
+        word = self._words.get(label) or COMMON_ALIASES.get(low) or \
+            (low if low in CANONICAL_EMOTIONS or (low.isalpha() and len(low) >= 4) else None)
+        if word is None:
+            who = f"label map {self.name!r}" if self.name else "label map"
+            raise LabelError(f"{who}: class {label!r} is a code with no word for a language model to read; "
+                             f"add 'words: {{{label}: <word>}}' to the label map")
+        return word
+
+    @property
+    def words(self) -> list[str]:
+        """Every class's word, in label order."""
+        return [self.word(x) for x in self._labels]

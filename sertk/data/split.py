@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 
 from sertk.common.fileio import atomic_dir
 from sertk.data.datadir import DataDir, DataDirError, byte_sorted, write_table
+from sertk.data.folds import stratified_group_folds
 
 
 def _as_datadir(d: str | Path | DataDir) -> DataDir:
@@ -89,12 +90,16 @@ def split_by_speaker(datadir: str | Path | DataDir, fractions: Mapping[str, floa
 
 
 def make_folds(datadir: str | Path | DataDir, n_folds: int, seed: int = 0, by: str = "speaker",
-               groups: Mapping[str, str] | None = None) -> list[tuple[DataDir, DataDir]]:
+               groups: Mapping[str, str] | None = None, stratify: bool = True) -> list[tuple[DataDir, DataDir]]:
     """Cross-validation folds: (train, test) per fold, test sets partition the utterances.
 
     ``by="speaker"`` keeps each speaker in one test fold (speaker-independent);
     ``by="group"`` does the same for ``groups`` (e.g. IEMOCAP sessions for
     leave-one-session-out); ``by="utterance"`` folds utterances (not speaker-independent).
+    ``stratify`` (default, when every utterance has a label) also matches each
+    test fold's label mix to the corpus's (:mod:`sertk.data.folds`), so no test
+    fold loses a class that another could have held; otherwise groups are
+    dealt by size only.
     """
     dd = _as_datadir(datadir)
     if n_folds < 2:
@@ -111,7 +116,15 @@ def make_folds(datadir: str | Path | DataDir, n_folds: int, seed: int = 0, by: s
         raise ValueError(f"make_folds: by must be speaker, group or utterance, got {by!r}")
     if len(sizes) < n_folds:
         raise DataDirError(f"{dd.path}: {len(sizes)} {by}(s) cannot make {n_folds} disjoint folds")
-    fold = _assign(sizes, [1.0 / n_folds] * n_folds, seed)
+    labels = dd.tables.get("utt2emo") or {}
+    if stratify and labels and all(u in labels for u in dd.utts):
+        try:
+            parts = stratified_group_folds([u2g[u] for u in dd.utts], [labels[u] for u in dd.utts], n_folds, seed)
+        except ValueError as e:
+            raise DataDirError(f"{dd.path}: {e}") from e
+        fold = {g: k for k, part in enumerate(parts) for g in part}
+    else:
+        fold = _assign(sizes, [1.0 / n_folds] * n_folds, seed)
     out = []
     for k in range(n_folds):
         test = [u for u in dd.utts if fold[u2g[u]] == k]

@@ -3,7 +3,8 @@
 Point estimates come from scikit-learn so that they mean what the literature
 means by them; the bootstrap recomputes UAR/WA/macro-F1 and CCC from batched
 confusion matrices and moments in numpy, because a thousand sklearn calls per
-test set would dominate evaluation time. ``docs/metrics.md`` states every
+test set would dominate evaluation time. With ``groups`` (speakers) it resamples
+whole groups, since utterances of one speaker are not independent. ``docs/metrics.md`` states every
 definition (which classes are averaged, which variance, which std).
 """
 from __future__ import annotations
@@ -259,6 +260,60 @@ def _boot_ccc(y_true, y_pred, name: str, n_boot: int, seed: int) -> np.ndarray:
     return np.concatenate(stats)
 
 
+def _group_counts(groups: np.ndarray, n_groups: int, n_boot: int, seed: int):
+    """Yield [b, G] multiplicities of each group in blocks of resamples of G groups with replacement."""
+    for idx in _boot_blocks(n_groups, n_boot, seed):
+        b = idx.shape[0]
+        flat = idx + (np.arange(b) * n_groups)[:, None]
+        yield np.bincount(flat.ravel(), minlength=b * n_groups).reshape(b, n_groups)
+
+
+def _cluster_classification(y_true, y_pred, groups: np.ndarray, n_groups: int, name: str, n_boot: int,
+                            seed: int) -> np.ndarray:
+    """Cluster resamples from per-group confusion matrices: a resample's matrix is their weighted sum."""
+    classes = sorted({str(v) for v in y_true} | {str(v) for v in y_pred})
+    index = {c: i for i, c in enumerate(classes)}
+    k = len(classes)
+    pair = _encode([str(v) for v in y_true], index, "reference") * k + \
+        _encode([str(v) for v in y_pred], index, "prediction")
+    per_group = np.bincount(groups * k * k + pair, minlength=n_groups * k * k).reshape(n_groups, k * k)
+    stats = [scores_from_confusion((counts @ per_group).reshape(-1, k, k))[name]
+             for counts in _group_counts(groups, n_groups, n_boot, seed)]
+    return np.concatenate(stats)
+
+
+def _cluster_ccc(y_true, y_pred, groups: np.ndarray, n_groups: int, name: str, n_boot: int,
+                 seed: int) -> np.ndarray:
+    """Cluster resamples of CCC from per-group sums (n, x, y, x^2, y^2, xy) per dimension."""
+    gold, pred = _as_float_array(y_true, "references"), _as_float_array(y_pred, "predictions")
+    if gold.shape != pred.shape or gold.ndim not in (1, 2):
+        raise ValueError(f"references {gold.shape} and predictions {pred.shape} must match, [N] or [N, D]")
+    if name == "ccc" and gold.ndim != 1:
+        raise ValueError("metric 'ccc' needs 1-D inputs; use 'ccc_mean' for [N, D]")
+    x, y = pred.reshape(len(pred), -1), gold.reshape(len(gold), -1)  # [N, D]
+    parts = [np.ones_like(x), x, y, x * x, y * y, x * y]
+    sums = np.stack([np.stack([np.bincount(groups, weights=p[:, d], minlength=n_groups) for d in range(x.shape[1])],
+                              -1) for p in parts])  # [6, G, D]
+    stats = []
+    for counts in _group_counts(groups, n_groups, n_boot, seed):
+        n, sx, sy, sxx, syy, sxy = np.einsum("bg,sgd->sdb", counts, sums)  # each [D, b]
+        mx, my = sx / n, sy / n
+        vx, vy, cov = sxx / n - mx ** 2, syy / n - my ** 2, sxy / n - mx * my
+        den = vx + vy + (mx - my) ** 2
+        defined = den > _CCC_EPS * (1.0 + mx ** 2 + my ** 2)
+        stats.append(_nanmean_rows(np.where(defined, 2.0 * cov / np.where(defined, den, 1.0), np.nan)))
+    return np.concatenate(stats)
+
+
+def _cluster_callable(y_true, y_pred, groups: np.ndarray, n_groups: int, fn: Callable, n_boot: int,
+                      seed: int) -> np.ndarray:
+    yt, yp = np.asarray(y_true), np.asarray(y_pred)
+    members = [np.flatnonzero(groups == g) for g in range(n_groups)]
+    return np.array([_as_stat(fn(yt[rows], yp[rows]))
+                     for idx in _boot_blocks(n_groups, n_boot, seed) for row in idx
+                     for rows in [np.concatenate([members[g] for g in row])]])
+
+
 def _nanmean_rows(c: np.ndarray) -> np.ndarray:
     """Mean over axis 0 of the defined (non-NaN) entries, NaN where none is: ccc_mean per resample."""
     defined = ~np.isnan(c)
@@ -267,8 +322,16 @@ def _nanmean_rows(c: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_ci(y_true, y_pred, metric_fn: str | Callable, n_boot: int = 1000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float] | tuple[None, None]:
+                 seed: int = 0, groups: Sequence | None = None) -> tuple[float, float] | tuple[None, None]:
     """Percentile bootstrap interval of a test-set metric (utterances resampled with replacement).
+
+    ``groups`` (one id per item, e.g. its speaker) makes it a cluster bootstrap:
+    each resample draws as many groups as there are, with replacement, and
+    scores all items of every drawn group (a group drawn twice counts twice).
+    Items of one speaker are correlated, and an item scored several times
+    (once per enrolment draw) is one observation, not several: resampling
+    items would give too narrow an interval. One group only: ``(None, None)``
+    (no between-group variability to estimate).
 
     ``metric_fn`` is a name computed vectorised in numpy -- ``"uar"``, ``"wa"``,
     ``"macro_f1"`` (label strings) or ``"ccc"`` (1-D floats) / ``"ccc_mean"``
@@ -288,23 +351,39 @@ def bootstrap_ci(y_true, y_pred, metric_fn: str | Callable, n_boot: int = 1000, 
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if isinstance(metric_fn, str):
-        if metric_fn in CLASSIFICATION_BOOT_METRICS:
-            stats = _boot_classification(y_true, y_pred, metric_fn, n_boot, seed)
-        elif metric_fn in REGRESSION_BOOT_METRICS:
-            stats = _boot_ccc(y_true, y_pred, metric_fn, n_boot, seed)
-        else:
-            raise ValueError(f"unknown bootstrap metric {metric_fn!r}; known: "
-                             f"{', '.join(CLASSIFICATION_BOOT_METRICS + REGRESSION_BOOT_METRICS)} or a callable")
-    else:
-        yt, yp = np.asarray(y_true), np.asarray(y_pred)
-        stats = np.array([_as_stat(metric_fn(yt[row], yp[row]))
-                          for idx in _boot_blocks(n, n_boot, seed) for row in idx])
+    stats = bootstrap_stats(y_true, y_pred, metric_fn, n_boot, seed, groups)
+    if stats is None:
+        return None, None
     finite = stats[np.isfinite(stats)]
     if finite.size == 0:
         return None, None
     low, high = np.quantile(finite, [alpha / 2.0, 1.0 - alpha / 2.0])
     return float(low), float(high)
+
+
+def _check_metric_name(name: str) -> None:
+    if name not in CLASSIFICATION_BOOT_METRICS + REGRESSION_BOOT_METRICS:
+        raise ValueError(f"unknown bootstrap metric {name!r}; known: "
+                         f"{', '.join(CLASSIFICATION_BOOT_METRICS + REGRESSION_BOOT_METRICS)} or a callable")
+
+
+def _cluster_stats(y_true, y_pred, groups: Sequence, metric_fn: str | Callable, n_boot: int,
+                   seed: int) -> np.ndarray | None:
+    """Per-resample metric of the cluster bootstrap; None with fewer than two groups."""
+    if len(groups) != len(y_true):
+        raise ValueError(f"{len(y_true)} references but {len(groups)} group ids")
+    if isinstance(metric_fn, str):
+        _check_metric_name(metric_fn)
+    _, inv = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    inv = inv.reshape(-1).astype(np.int64)
+    n_groups = int(inv.max()) + 1
+    if n_groups < 2:
+        return None
+    if not isinstance(metric_fn, str):
+        return _cluster_callable(y_true, y_pred, inv, n_groups, metric_fn, n_boot, seed)
+    if metric_fn in CLASSIFICATION_BOOT_METRICS:
+        return _cluster_classification(y_true, y_pred, inv, n_groups, metric_fn, n_boot, seed)
+    return _cluster_ccc(y_true, y_pred, inv, n_groups, metric_fn, n_boot, seed)
 
 
 def _as_stat(value) -> float:
@@ -362,3 +441,46 @@ def aggregate_folds(fold_metrics: list[dict]) -> dict:
         out["confusion"] = total.tolist()
         out["pooled"] = scores_from_confusion(total)
     return out
+
+
+def bootstrap_stats(y_true, y_pred, metric: str | Callable, n_boot: int = 1000, seed: int = 0,
+                    groups: Sequence | None = None) -> np.ndarray | None:
+    """The per-resample metric values behind :func:`bootstrap_ci` (None: a cluster bootstrap of one group).
+
+    The resamples depend only on the number of items (or groups), ``n_boot`` and
+    ``seed``, never on the predictions, so two systems scored with the same
+    arguments are scored on the same resamples: their differences are the
+    paired bootstrap of :mod:`sertk.eval.significance`.
+    """
+    if groups is not None:
+        return _cluster_stats(y_true, y_pred, groups, metric, n_boot, seed)
+    if not isinstance(metric, str):
+        yt, yp = np.asarray(y_true), np.asarray(y_pred)
+        return np.array([_as_stat(metric(yt[row], yp[row]))
+                         for idx in _boot_blocks(len(yt), n_boot, seed) for row in idx])
+    _check_metric_name(metric)
+    if metric in CLASSIFICATION_BOOT_METRICS:
+        return _boot_classification(y_true, y_pred, metric, n_boot, seed)
+    return _boot_ccc(y_true, y_pred, metric, n_boot, seed)
+
+
+CI_UNITS = ("speaker", "utterance")
+
+
+def interval(y_true, y_pred, metric: str, speakers: Sequence | None, unit: str = "speaker", n_boot: int = 1000,
+             seed: int = 0) -> tuple[list, str]:
+    """The 95% interval a test set's result reports, and its ``ci_method``.
+
+    Speakers are resampled by default: an utterance's errors go with its
+    speaker's voice and style, so resampling utterances as if independent
+    gives intervals too narrow on speaker-correlated test sets (docs/metrics.md).
+    ``unit="utterance"`` is the classic utterance bootstrap.
+    """
+    if unit not in CI_UNITS:
+        raise ValueError(f"eval.ci_unit must be one of {', '.join(CI_UNITS)}, got {unit!r}")
+    if unit == "speaker":
+        if speakers is None:
+            raise ValueError("a speaker-level interval needs each utterance's speaker")
+        return list(bootstrap_ci(y_true, y_pred, metric, n_boot=n_boot, seed=seed, groups=speakers)), \
+            "speaker_bootstrap"
+    return list(bootstrap_ci(y_true, y_pred, metric, n_boot=n_boot, seed=seed)), "utterance_bootstrap"

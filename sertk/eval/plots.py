@@ -1,4 +1,4 @@
-"""Confusion-matrix figures for the report.
+"""Figures for the report: confusion matrices and learning curves.
 
 Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global
 backend switch), so it works headless and never disturbs a caller's figures.
@@ -40,8 +40,47 @@ def plot_confusion(confusion, labels: list[str], out_png, title: str = "") -> Pa
                     color="white" if norm[i, j] > 0.6 else "black")
     if title:
         ax.set_title(title, fontsize=9)
+    return _save(fig, out_png)
+
+
+def _save(fig: Figure, out_png) -> Path:
+    """Lay the figure out and write it as PNG atomically (a reader never sees half a file)."""
     fig.tight_layout()
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png")
     return out_png
+
+
+def plot_learning_curve(history: list[dict], out_png, select_metric: str, best_epoch: int | None = None,
+                        title: str = "") -> Path:
+    """Train loss and the dev metric per epoch (the trainer's history), best epoch marked; PNG, atomically.
+
+    One look shows what a table cannot: a dev metric flat at chance, a
+    training loss that never fell, or a best epoch at the very end (more
+    epochs would have helped).
+    """
+    if not history:
+        raise ValueError("learning curve: empty history")
+    epochs = [h["epoch"] for h in history]
+    loss = [h.get("train_loss", np.nan) for h in history]
+    dev = [(h.get("dev") or {}).get(select_metric, np.nan) for h in history]
+    dev = [np.nan if v is None else v for v in dev]
+    fig = Figure(figsize=(6.4, 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_loss, ax_dev = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ax_loss.plot(epochs, loss, marker="o", color="tab:red")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("train loss")
+    ax_dev.plot(epochs, dev, marker="o", color="tab:blue")
+    ax_dev.set_xlabel("epoch")
+    ax_dev.set_ylabel(f"dev {select_metric}")
+    if best_epoch is not None:
+        for ax in (ax_loss, ax_dev):
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+        ax_dev.annotate("best", (best_epoch, ax_dev.get_ylim()[1]), ha="center", va="top", fontsize=8, color="grey")
+    for ax in (ax_loss, ax_dev):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, out_png)

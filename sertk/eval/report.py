@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import sertk
-from sertk.common.fileio import hash_obj, write_text_atomic
+from sertk.common.fileio import hash_obj, is_moved_aside, write_text_atomic
 from sertk.common.stand_ins import card_names
 from sertk.eval.metrics import aggregate_folds, bootstrap_ci, scores_from_confusion
 from sertk.eval.results import ResultsError, read_results, slug
@@ -165,7 +165,7 @@ def _fold_order(fold) -> tuple:
     return (0, fold, "") if isinstance(fold, (int, float)) else (1, 0, str(fold))
 
 
-def _fold_row(members: list[dict]) -> Row:
+def _fold_row(members: list[dict], data=None, conf=None) -> Row:
     members = sorted(members, key=lambda r: (_fold_order(r["extra"]["fold"]), r["path"]))
     first = members[0]
     metrics = []
@@ -201,7 +201,9 @@ def _fold_row(members: list[dict]) -> Row:
                protocol_id=pid, metrics=mean, labels=first.get("labels"), confusion=agg.get("confusion"),
                paths=[r["path"] for r in members], folds=folds, std=agg["std"],
                fold_ids=[r["protocol_id"] for r in members], collapsed=any(_collapsed(r) for r in members),
-               undefined=undefined, pooled=pooled_intervals(agg.get("confusion")), extra=_fold_kcurve(members))
+               undefined=undefined, pooled=pooled_intervals(agg.get("confusion"), members=members, data=data,
+                                                             conf=conf),
+               extra=_fold_kcurve(members))
 
 
 def _fold_kcurve(members: list[dict]) -> dict:
@@ -216,13 +218,23 @@ def _fold_kcurve(members: list[dict]) -> dict:
 
 
 POOLED = ("uar", "wa", "macro_f1")
+UTTERANCE_MARK = "†"  # a pooled interval that resampled decisions, not speakers
 
 
-def pooled_intervals(confusion, n_boot: int = 1000) -> dict:
+def pooled_intervals(confusion, n_boot: int = 1000, members: list[dict] | None = None,
+                     data: str | Path | None = None, conf: str | Path | None = None) -> dict:
     """UAR, WA and macro-F1 of all folds' test utterances scored as one set, each with a 95% bootstrap
-    interval (utterances resampled; the summed confusion holds every (label, prediction) pair)."""
+    interval, and ``ci_method``: speakers resampled when every fold's decisions and speakers can be
+    read back (predictions.txt, the data dirs and label maps under ``data``/``conf``, reproducing each
+    fold's figure), else the decisions of the summed confusion resampled (utterances)."""
     if confusion is None:
         return {}
+    by_speaker = _speaker_decisions(members, data, conf) if members and data is not None else None
+    if by_speaker is not None:
+        gold, pred, spk = by_speaker
+        value = scores_from_confusion(np.asarray(confusion, dtype=np.int64))
+        out = {k: (float(value[k]), *bootstrap_ci(gold, pred, k, n_boot=n_boot, groups=spk)) for k in POOLED}
+        return {**out, "ci_method": "speaker_bootstrap"}
     cm = np.asarray(confusion, dtype=np.int64)
     idx = np.arange(cm.shape[0])
     y_true = np.repeat(np.repeat(idx, cm.shape[1]), cm.ravel()).astype(str)
@@ -230,14 +242,30 @@ def pooled_intervals(confusion, n_boot: int = 1000) -> dict:
     if y_true.size == 0:
         return {}
     value = scores_from_confusion(cm)
-    return {k: (float(value[k]), *bootstrap_ci(y_true, y_pred, k, n_boot=n_boot)) for k in POOLED}
+    out = {k: (float(value[k]), *bootstrap_ci(y_true, y_pred, k, n_boot=n_boot)) for k in POOLED}
+    return {**out, "ci_method": "utterance_bootstrap"}
 
 
-def build_rows(records: list[dict]) -> list[Row]:
+def _speaker_decisions(members: list[dict], data, conf) -> tuple[list, list, list] | None:
+    """Every fold's (gold, prediction, speaker) concatenated, or None when any fold's cannot be read back."""
+    from sertk.eval.compare import CompareError, decisions
+    gold, pred, spk = [], [], []
+    for r in members:
+        if r.get("task") != "classification":
+            return None
+        try:
+            _, g, p, s = decisions(r, data, conf)
+        except (CompareError, ValueError, OSError):
+            return None
+        gold, pred, spk = gold + g, pred + p, spk + s
+    return gold, pred, spk
+
+
+def build_rows(records: list[dict], data=None, conf=None) -> list[Row]:
     singles = [r for r in records if (r.get("extra") or {}).get("fold") is None]
     folded = [r for r in records if (r.get("extra") or {}).get("fold") is not None]
     rows = [(_single_row(r), r) for r in singles]
-    rows += [(_fold_row(g), g[0]) for g in _fold_groups(folded)]
+    rows += [(_fold_row(g, data, conf), g[0]) for g in _fold_groups(folded)]
     for row, record in rows:
         row.section = group_title(record)
     return [row for row, _ in rows]
@@ -265,7 +293,8 @@ def _cell(row: Row, key: str, sub: str | None = None) -> str:
     if row.folds:
         pooled = row.pooled.get(key) if sub is None else None
         if pooled and pooled[1] is not None:
-            return f"{m:.3f} ± {_num(s)}; pooled {pooled[0]:.3f} [{pooled[1]:.3f}, {pooled[2]:.3f}]"
+            mark = "" if row.pooled.get("ci_method") == "speaker_bootstrap" else UTTERANCE_MARK
+            return f"{m:.3f} ± {_num(s)}; pooled {pooled[0]:.3f} [{pooled[1]:.3f}, {pooled[2]:.3f}]{mark}"
         return f"{m:.3f} ± {_num(s)}"
     ci = row.metrics.get(f"{key}_{sub}_ci" if sub else f"{key}_ci")
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci):
@@ -316,8 +345,22 @@ def zsfuse_ablation(rows: list[Row]) -> list[str]:
                     _table(["system", "kind", "dev UAR", "UAR", "WA", "macro-F1"], body), "",
                     f"Best fusion by dev UAR ({gain.get('best_fusion_by_dev')}) minus best FM by dev UAR "
                     f"({gain.get('best_fm_by_dev')}): {_signed(gain.get('uar_gain_dev_selected'))} UAR; "
-                    f"best fusion minus best FM on test (oracle): {_signed(gain.get('uar_gain_oracle'))}."]
+                    f"best fusion minus best FM on test (oracle): {_signed(gain.get('uar_gain_oracle'))}."
+                    + _paired_sentence(gain.get("headline_vs_best_fm_paired"), extra.get("system"),
+                                       gain.get("best_fm_by_dev"))]
     return out
+
+
+def _paired_sentence(res: dict | None, a: str | None, b: str | None) -> str:
+    """The headline's paired test against the best single model, as one sentence of the ablation note."""
+    if not res:
+        return ""
+    ci = f" [{_signed(res['ci'][0])}, {_signed(res['ci'][1])}]" if res.get("ci") else ""
+    return (f" Headline ({a}) minus best FM by dev ({b}), paired {res.get('test', 'bootstrap')} over "
+            f"{res.get('resample')}s ({res.get('speakers')} speakers): {_signed(res.get('diff'))} UAR{ci}, "
+            f"p = {res.get('p'):.4f}"
+            + (" (significant at 0.05, uncorrected)" if res.get("p", 1) < 0.05 else " (not significant)")
+            + (f"; {res['note']}" if res.get("note") else "") + ".")
 
 
 def _ci_cell(t: dict, key: str) -> str:
@@ -440,8 +483,11 @@ def _kcurve_sections(rows: list[Row], out_dir: Path) -> list[str]:
 def render(rows: list[Row], title: str, exp_root: Path, out_dir: Path, n_files: int) -> str:
     lines = [f"# {title}", "",
              f"Generated by sertk {sertk.__version__} (stage 11) from {n_files} results.json file(s) under "
-             f"`{exp_root}`. Figures are fractions; `a [lo, hi]` is a bootstrap confidence interval over test "
-             "utterances; `m ± s` is the mean ± sample std (ddof=1) over folds. Definitions: docs/metrics.md.", ""]
+             f"`{exp_root}`. Figures are fractions; `a [lo, hi]` is a 95% bootstrap confidence interval that "
+             "resamples test speakers unless the result's `ci_method` says utterances; `m ± s` is the mean ± "
+             "sample std (ddof=1) over folds, and `pooled` scores every fold's test utterances as one set (its "
+             f"interval resamples speakers; {UTTERANCE_MARK}: decisions, where a fold's could not be read back). "
+             "Definitions: docs/metrics.md.", ""]
     if not rows:
         lines.append(f"No results.json found under `{exp_root}`.")
         return "\n".join(lines) + "\n"
@@ -523,7 +569,9 @@ def zoo_section(zoo_dir: Path, records: list[dict]) -> str:
 CONDITION_COLUMNS = [("UAR", "uar"), ("dUAR vs aligned", "duar_vs_aligned"), ("dUAR vs none", "duar_vs_none"),
                      ("neutral share", "neutral_share"), ("neutral mass moved vs aligned", "neutral_mass_moved_vs_aligned"),
                      ("agreement with none", "agreement_with_none"), ("entropy (norm.)", "prediction_entropy_norm"),
-                     ("unparsed", "unparsed_rate"), ("tokens changed", "tokens_changed")]
+                     ("unparsed", "unparsed_rate"), ("utts w/ changed token", "tokens_changed"),
+                     ("p vs aligned (Holm)", "p_vs_aligned_holm"), ("p vs none (Holm)", "p_vs_none_holm")]
+P_COLUMNS = ("p_vs_aligned_holm", "p_vs_none_holm")  # one test set's p-values: not averaged over folds
 
 
 def model_label(record: dict) -> str:
@@ -534,6 +582,15 @@ def model_label(record: dict) -> str:
         if s.get("path") == model:
             return f"`zoo/{s['zoo_model']}` (for `{s['configured']}`)"
     return f"`{model}`"
+
+
+def _p_cell(metrics: dict, key: str) -> str:
+    p = metrics.get(key)
+    if not isinstance(p, (int, float)):
+        return "–"
+    res = metrics.get(key.replace("p_vs_", "paired_vs_").replace("_holm", "")) or {}
+    text = f"{p:.3f}" + (" (u)" if res.get("note") else "")
+    return f"**{text}**" if p < 0.05 else text
 
 
 def condition_section(records: list[dict]) -> str:
@@ -556,6 +613,9 @@ def condition_section(records: list[dict]) -> str:
         cells = []
         for _, m in CONDITION_COLUMNS:
             vals = [r["metrics"].get(m) for r in members if isinstance(r["metrics"].get(m), (int, float))]
+            if m in P_COLUMNS:
+                cells.append(_p_cell(members[0]["metrics"], m) if len(members) == 1 else "–")
+                continue
             cells.append(_num(sum(vals) / len(vals)) if vals else "–")
         folds = f" ({len(members)} folds)" if len(members) > 1 else ""
         body.append([key[0], f"{key[1]} {key[2]}: {key[3]}{folds}", key[4], key[5]] + cells)
@@ -565,19 +625,26 @@ def condition_section(records: list[dict]) -> str:
         "prompt; neutral share: predictions that are neutral; neutral mass moved: change, vs aligned, in the share of "
         "utterances of other classes predicted neutral; agreement with none: predictions equal to the no-token one's; "
         "entropy: of the predicted-class distribution over log2(C) (1 = all classes equally often, 0 = collapse); "
-        "unparsed: free answers naming no class (errors); tokens changed: prompts whose tokens differ from aligned.", "",
+        "unparsed: free answers naming no class (errors); utts w/ changed token: utterances with any token differing from aligned "
+        "(results.json also holds token_slots_changed, the share of changed slots). p vs aligned / none: paired test "
+        "of the UAR difference on the same utterances, Holm-corrected over the test set's and decision's "
+        "comparisons, **bold** below 0.05 (speakers resampled; (u): too few speakers, utterances permuted, so the p "
+        "holds for these utterances only; folds: – here, pool them with `sertk compare`).", "",
         _table(["model", "test set", "decision", "condition"] + [c for c, _ in CONDITION_COLUMNS], body), ""])
 
 
-def write_report(exp_root, out_md, title: str = "sertk results", zoo: str | Path | None = None) -> str:
+def write_report(exp_root, out_md, title: str = "sertk results", zoo: str | Path | None = None,
+                 compare: str | Path | None = None, data: str | Path = "data", conf: str | Path = "conf") -> str:
     """Write ``out_md`` (RESULTS.md) and ``exp_root/plots/*.png``; return the markdown.
 
     Only those files are written (atomically); nothing under ``exp_root`` is removed.
-    With ``zoo`` (mini_emo's stage-0 dir) the report opens with the zoo table.
+    With ``zoo`` (mini_emo's stage-0 dir) the report opens with the zoo table;
+    with ``compare`` (a recipe's conf/compare.yaml) it adds the paired
+    comparisons (sertk.eval.compare), reading gold labels from ``data``/``conf``.
     """
     exp_root, out_md = Path(exp_root), Path(out_md)
     records = read_results(exp_root)
-    rows = build_rows(records)
+    rows = build_rows(records, data, conf)
     _plot_rows(rows, exp_root / "plots")
     text = render(rows, title, exp_root, out_md.resolve().parent, len(records))
     conditions = condition_section(records)
@@ -590,5 +657,40 @@ def write_report(exp_root, out_md, title: str = "sertk results", zoo: str | Path
         head, sep, rest = text.partition("\n## ")
         table = zoo_section(Path(zoo), records)
         text = head + table + "\n" + sep.lstrip("\n") + rest if table else text
+    if compare:
+        from sertk.eval.compare import comparison_section, load_compare_config
+        section = comparison_section(load_compare_config(compare), exp_root, data, conf)
+        if section:
+            text = text.rstrip("\n") + "\n\n" + section
+    curves = learning_curve_section(exp_root, out_md.resolve().parent)
+    if curves:
+        text = text.rstrip("\n") + "\n\n" + curves
     write_text_atomic(out_md, text)
     return text
+
+
+def learning_curve_section(exp_root: Path, out_dir: Path) -> str:
+    """One row per trained model dir: epochs, best epoch and its dev metric, the learning-curve PNG link."""
+    rows = []
+    for hist_path in sorted(Path(exp_root).rglob("history.json")):
+        rel = hist_path.parent.relative_to(exp_root)
+        if is_moved_aside(rel):
+            continue
+        try:
+            hist = json.loads(hist_path.read_text(encoding="utf-8"))
+            best = json.loads((hist_path.parent / "best.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a run still training (no best.json yet) or a foreign file
+        metric, epochs = hist.get("select_metric"), hist.get("history") or []
+        value = (best.get("metrics") or {}).get(metric)
+        png = hist_path.parent / "learning_curve.png"
+        link = f"[png]({Path(os.path.relpath(png.resolve(), out_dir)).as_posix()})" if png.is_file() else "–"
+        verdict = f"did not learn: {best['collapse_reason']}" if best.get("collapsed") else "learned"
+        rows.append([rel.as_posix(), str(len(epochs)), str(best.get("epoch")),
+                     f"{metric} {_num(value)}", verdict, link])
+    if not rows:
+        return ""
+    return "\n".join(["## Learning curves", "",
+                      "Every model the trainer fitted: train loss and dev metric per epoch (`history.json` beside "
+                      "the model), the epoch selected on dev, and the trainer's verdict.", "",
+                      _table(["model dir", "epochs", "best epoch", "dev at best", "verdict", "curve"], rows), ""])

@@ -259,6 +259,7 @@ class Selm:
         from sertk.train.inference import place
 
         self.model = place(model)
+        self.model.scoring = ev.get("scoring", "sum")  # eval.scoring, as stage 4 decided (sertk.models.scoring)
 
     def _encoder_weights(self) -> Path | None:
         """``encoder.from_experiment``: that experiment's weights for this split (relative to the recipe dir)."""

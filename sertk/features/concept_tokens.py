@@ -7,7 +7,7 @@ statistics and signed so that a larger score means "more" of the concept
 training scores (tertiles for low/mid/high), over all training utterances
 (``scope="global"``) or per speaker (``scope="speaker"``). Tokens render as
 short text for a language-model prompt: ``energy: high, pitch: mid, ...``.
-The perturbations (shuffled, conflicting, corrupted) are the controls of the
+The perturbations (shuffled, permuted, conflicting, corrupted, nonsense) are the controls of the
 token experiments. See docs/concept_tokens.md for the table and the protocol.
 """
 from __future__ import annotations
@@ -313,15 +313,15 @@ def shuffle_tokens(tokens: Sequence[Mapping[str, str]], seed: int = 0) -> list[d
 
 
 def conflict_tokens(tokens: Sequence[Mapping[str, str]], levels: Sequence[str] = ("low", "mid", "high"),
-                    mid: str = "keep", seed: int = 0) -> list[dict[str, str]]:
-    """Conflicting condition: each level mirrored (low <-> high, very low <-> very high).
+                    seed: int = 0) -> list[dict[str, str]]:
+    """Conflicting condition: every slot gets a level that contradicts the audio.
 
-    The middle level of an odd scale has no mirror: ``mid="keep"`` leaves it
-    (the literal flip), ``mid="extreme"`` replaces it by low or high at random
-    (seeded), so that no token agrees with the audio.
+    Levels are mirrored (low <-> high, very low <-> very high). The middle
+    level of an odd scale has no mirror, and keeping it would leave about a
+    third of the slots agreeing with the audio; it moves to the lowest or the
+    highest level instead, drawn per slot (seeded). So every slot of every
+    utterance differs from its aligned level.
     """
-    if mid not in ("keep", "extreme"):
-        raise ValueError(f"mid must be 'keep' or 'extreme', got {mid!r}")
     levels = list(levels)
     n = len(levels)
     rng = np.random.default_rng(seed)
@@ -332,11 +332,21 @@ def conflict_tokens(tokens: Sequence[Mapping[str, str]], levels: Sequence[str] =
             if lvl not in levels:
                 raise TokenError(f"level {lvl!r} of {c!r} is not one of {levels}")
             k = n - 1 - levels.index(lvl)
-            if mid == "extreme" and n % 2 == 1 and k == n // 2:
+            if n % 2 == 1 and k == n // 2:
                 k = int(rng.choice([0, n - 1]))
             new[c] = levels[k]
         out.append(new)
     return out
+
+
+def changed_figures(perturbed: Sequence[Mapping[str, str]], aligned: Sequence[Mapping[str, str]]) -> dict[str, float]:
+    """How much a condition changed the tokens: ``utterances_changed``, the share of utterances with any
+    token differing from aligned, and ``slots_changed``, the share of (utterance, concept) slots that differ."""
+    if len(perturbed) != len(aligned) or not aligned:
+        raise ValueError(f"{len(perturbed)} perturbed token rows for {len(aligned)} aligned ones")
+    slots = [[p.get(c) != lvl for c, lvl in a.items()] for p, a in zip(perturbed, aligned)]
+    return {"utterances_changed": float(np.mean([any(s) for s in slots])),
+            "slots_changed": float(np.mean([x for s in slots for x in s]))}
 
 
 def corrupt_tokens(tokens: Sequence[Mapping[str, str]], seed: int = 0,

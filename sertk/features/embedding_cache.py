@@ -35,7 +35,11 @@ there is one (``resolve_device("auto")``) in float32; there a config's
 ``cache_batch_size`` batches utterances by length for speed, in a store of its
 own (``<key>-cuda-b<N>``: GPU values are not CPU values), whose values then
 depend (~1e-6) on which utterances shared a batch; ``cache_batch_size: 1``
-(the default) makes GPU figures independent of job order too.
+(the default) makes GPU figures independent of job order too. Padding itself
+never reaches a stored value: a group-norm encoder (wav2vec2-base, HuBERT/WavLM
+base) runs its conv front end on each utterance unpadded
+(``sertk.models.encoder.unpadded_front_end``), and its key says so
+(``front_end``), so a store of the padded values it held before is not reused.
 
 ``frozen_encoder`` builds the encoder and the weights digest the key needs and
 ``encoder_features`` reads (or fills) the store: SELM and the linear probe
@@ -64,7 +68,7 @@ from torch.utils.data import DataLoader
 from sertk.common.fileio import atomic_path, hash_obj, sha256_file, write_json_atomic
 from sertk.data.audio import utterance_sources
 from sertk.data.dataset import AudioDataset, collate_audio
-from sertk.models.encoder import SpeechEncoder
+from sertk.models.encoder import SpeechEncoder, pads_leak
 from sertk.train.inference import length_sorted_batches, model_device, resolve_device, to_device
 
 log = logging.getLogger(__name__)
@@ -81,10 +85,21 @@ class FeatureCacheError(RuntimeError):
     """A cache entry that cannot be read; the message names the file."""
 
 
-def cache_key(encoder_spec: dict, weights_digest: str | None, sample_rate: int, max_duration: float | None) -> str:
-    """Digest naming one store (encoder + weights + layer + sample rate + crop + format); no data in it."""
+def cache_key(encoder_spec: dict, weights_digest: str | None, sample_rate: int, max_duration: float | None,
+              front_end: str | None = None) -> str:
+    """Digest naming one store (encoder + weights + layer + sample rate + crop + format); no data in it.
+
+    ``front_end`` (:func:`front_end`) names how a group-norm encoder's front end ran; None (every
+    other encoder) leaves the key as it was, so their stores are reused."""
     return hash_obj({"encoder": encoder_spec, "weights": weights_digest, "sample_rate": sample_rate,
-                     "max_duration": max_duration, "format": FORMAT})[:16]
+                     "max_duration": max_duration, "format": FORMAT,
+                     **({"front_end": front_end} if front_end else {})})[:16]
+
+
+def front_end(encoder: torch.nn.Module) -> str | None:
+    """``"unpadded"`` for an encoder whose front end runs on each utterance alone (group norm), else None."""
+    model = getattr(encoder, "model", encoder)
+    return "unpadded" if pads_leak(getattr(model, "config", None)) else None
 
 
 def encoder_batch(batch_size: int, device: torch.device) -> int:
@@ -463,8 +478,10 @@ def encoder_features(root: str | Path, encoder: torch.nn.Module, spec: dict, wei
                      device: str | torch.device | None = None, shard_bytes: int = SHARD_BYTES) -> ShardedFeatures:
     """``cached_features`` of a frozen encoder over a data dir's dataset, in the store of these encoder
     settings (``batch_size``: a config's ``cache_batch_size``, used on a GPU only)."""
-    key = cache_key(spec, weights_digest, dataset.sample_rate, dataset.max_duration)
+    fe = front_end(encoder)
+    key = cache_key(spec, weights_digest, dataset.sample_rate, dataset.max_duration, fe)
     meta = {"encoder": spec, "weights_sha256": weights_digest, "sample_rate": dataset.sample_rate,
-            "max_duration": dataset.max_duration, "data": str(dataset.datadir.path)}
+            "max_duration": dataset.max_duration, "data": str(dataset.datadir.path),
+            **({"front_end": fe} if fe else {})}
     return cached_features(root, key, set_name, encoder, dataset, meta, batch_size=batch_size, device=device,
                            shard_bytes=shard_bytes)

@@ -14,6 +14,12 @@ def build_causal_lm(spec: dict, vocab_size: int | None = None, eos_id: int | Non
     ``AutoModelForCausalLM`` loads GPT-2 (SELM) as it loads the ICL paper's
     Qwen2.5 or Llama; remote code is never run. LoRA targets default per model
     type (GPT-2's fused ``c_attn``, else ``q_proj``/``v_proj``).
+
+    A checkpoint loads in its own dtype (transformers' ``dtype="auto"``: Qwen2.5
+    is bf16), but every trainable weight is float32, so the optimizer never
+    rounds its updates to bf16: LoRA adapters over a bf16 base are upcast
+    (peft's ``cast_adapter_dtype``; its layers cast their input to the adapter
+    and their output back), and ``full`` trains a float32 copy.
     """
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
@@ -37,6 +43,10 @@ def build_causal_lm(spec: dict, vocab_size: int | None = None, eos_id: int | Non
             r=int(lcfg.get("r", 8)), lora_alpha=int(lcfg.get("alpha", 16)),
             lora_dropout=float(lcfg.get("dropout", 0.0)), target_modules=list(targets),
             fan_in_fan_out=gpt2), lm)
+        from peft.tuners.tuners_utils import cast_adapter_dtype
+        cast_adapter_dtype(lm, "default")  # peft creates the adapters in the base's dtype
+    elif mode == "full":
+        lm = lm.float()
     for name, p in lm.named_parameters():
         p.requires_grad_(mode == "full" or (mode == "lora" and "lora_" in name))
     return lm

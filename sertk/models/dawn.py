@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from sertk.models.encoder import build_encoder, frame_lengths, lengths_to_mask, normalize_waveform
+from sertk.models.encoder import build_encoder, encode, frame_lengths, lengths_to_mask, normalize_waveform
 
 DAWN_OUTPUTS = ("arousal", "dominance", "valence")
 AVD_OUTPUTS = ("arousal", "valence", "dominance")
@@ -76,8 +76,7 @@ class DawnRegressor(nn.Module):
             lengths = torch.full((wav.shape[0],), wav.shape[1], dtype=torch.long, device=wav.device)
         if self.normalizes_waveform:
             wav = normalize_waveform(wav, lengths)
-        mask = lengths_to_mask(lengths, wav.shape[1]).long()
-        hidden = self.wav2vec2(wav, attention_mask=mask).last_hidden_state
+        hidden = encode(self.wav2vec2, wav, lengths).last_hidden_state  # an utterance's, whatever its batch
         n = frame_lengths(self.wav2vec2, lengths).clamp(min=1, max=hidden.shape[1])
         fmask = lengths_to_mask(n, hidden.shape[1]).to(hidden.dtype)[..., None]
         pooled = (hidden * fmask).sum(1) / n[:, None].to(hidden.dtype)

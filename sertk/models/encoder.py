@@ -7,8 +7,15 @@ small model from a local config in mini_emo and tests
 A Whisper checkpoint (``openai/whisper-*`` or a local dir) gives its encoder
 with its own log-mel front end (sertk.models.whisper_encoder; ``window: clip``
 or ``full``), behind the same interface as the waveform encoders.
+
+An utterance's features do not depend on what it is batched with: padded
+frames are masked in the transformer, and an encoder whose conv front end
+normalises over time (group norm: wav2vec2-base, HuBERT/WavLM base) runs that
+front end on each utterance's real samples (:func:`unpadded_front_end`).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -57,6 +64,52 @@ def checkpoint_normalizes(spec: dict) -> bool:
     except (OSError, ValueError):
         return True
     return bool(getattr(fe, "do_normalize", True))
+
+
+def pads_leak(config) -> bool:
+    """Whether zero padding moves an encoder's outputs on the real frames although they are masked: a
+    group-norm conv front end (``feat_extract_norm: group``, e.g. wav2vec2-base) normalises each channel
+    over the whole padded waveform (tiny WavLMs move by 0.8-3 next to a longer utterance)."""
+    return getattr(config, "feat_extract_norm", None) == "group"
+
+
+@contextlib.contextmanager
+def unpadded_front_end(model: nn.Module, lengths: torch.Tensor):
+    """While open, ``model.feature_extractor`` (the conv front end) of a :func:`pads_leak` encoder runs on
+    each waveform's first ``lengths`` samples only, waveforms of one length sharing a call, and its
+    frames are zero-padded to the batch's; the transformer after it stays batched (call the model with
+    the attention mask, which masks those frames), so an utterance's outputs are its outputs alone.
+    Does nothing for other encoders: per-frame norms already make them batch-independent."""
+    fe = getattr(model, "feature_extractor", None)
+    if fe is None or not pads_leak(model.config):
+        yield
+        return
+    whole = fe.forward
+
+    def forward(input_values: torch.Tensor) -> torch.Tensor:
+        n = lengths.to(input_values.device).clamp(max=input_values.shape[1])
+        pieces: list[torch.Tensor | None] = [None] * len(n)
+        for m in n.unique().tolist():
+            rows = (n == m).nonzero().flatten()
+            for r, out in zip(rows.tolist(), whole(input_values[rows, :m])):
+                pieces[r] = out
+        width = input_values.shape[1]  # the conv stack's frames over the padded width (no adapter)
+        for k, st in zip(model.config.conv_kernel, model.config.conv_stride):
+            width = (width - k) // st + 1
+        return torch.stack([nn.functional.pad(p, (0, width - p.shape[-1])) for p in pieces])
+
+    fe.forward = forward  # an instance attribute for this call only: weights and state dict untouched
+    try:
+        yield
+    finally:
+        del fe.forward
+
+
+def encode(model: nn.Module, wav: torch.Tensor, lengths: torch.Tensor, **kwargs):
+    """``model(wav, attention_mask=...)`` with each waveform's outputs independent of its batch."""
+    mask = lengths_to_mask(lengths, wav.shape[1]).long()
+    with unpadded_front_end(model, lengths):
+        return model(wav, attention_mask=mask, **kwargs)
 
 
 def disable_layerdrop(model: nn.Module) -> None:
@@ -141,8 +194,7 @@ class SpeechEncoder(nn.Module):
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.normalize:
             wav = normalize_waveform(wav, lengths)
-        mask = lengths_to_mask(lengths, wav.shape[1]).long()
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            out = self.model(wav, attention_mask=mask, output_hidden_states=True)
+            out = encode(self.model, wav, lengths, output_hidden_states=True)
         feats = self.selector(out.hidden_states)
         return feats, frame_lengths(self.model, lengths).clamp(max=feats.shape[1])

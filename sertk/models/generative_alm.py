@@ -82,6 +82,10 @@ class GenerativeALM:
 
     def __init__(self, model, processor, system: str | None = None):
         self.model = model.eval()
+        # greedy decoding means greedy: the hub's generation_config (AF3: repetition_penalty 1.05, sampling
+        # settings) would otherwise fill every option generate() is not given; only its token ids are kept
+        self.hub_generation_config = model.generation_config
+        model.generation_config = greedy_config(model.generation_config)
         self.processor = processor
         self.system = system
         self.tokenizer = processor.tokenizer
@@ -201,9 +205,10 @@ class GenerativeALM:
     # ---- decisions -------------------------------------------------------------
     @torch.no_grad()
     def score(self, texts: Sequence[str], audios: Sequence[np.ndarray], candidates: list[list[int]],
-              audio_embeds: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """[B, C] summed log-probabilities of each candidate answer after each prompt (sertk.models.scoring).
-        ``audio_embeds`` (from :meth:`audio_embeds`) stand in for running the audio encoder again."""
+              audio_embeds: Sequence[torch.Tensor] | None = None, scoring: str = "sum") -> torch.Tensor:
+        """[B, C] log-probabilities of each candidate answer after each prompt (sertk.models.scoring), summed over
+        its tokens or their ``mean`` (``scoring``). ``audio_embeds`` (from :meth:`audio_embeds`) stand in for
+        running the audio encoder again."""
         from sertk.models.scoring import candidate_logprobs
 
         batch = self.encode(texts, audios)
@@ -212,7 +217,7 @@ class GenerativeALM:
         else:
             emb, mask = self.merged_embeds(batch, audio_embeds), batch["attention_mask"].bool()
             contexts = [emb[i][mask[i]] for i in range(emb.shape[0])]
-        return candidate_logprobs(self.model, contexts, candidates).cpu()
+        return candidate_logprobs(self.model, contexts, candidates, scoring).cpu()
 
     @torch.no_grad()
     def generate(self, texts: Sequence[str], audios: Sequence[np.ndarray], max_new_tokens: int = 16,
@@ -228,6 +233,15 @@ class GenerativeALM:
             new = self.model.generate(inputs_embeds=self.merged_embeds(batch, audio_embeds),
                                       attention_mask=batch["attention_mask"], **kw)
         return [s.strip() for s in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def greedy_config(hub):
+    """A generation config with the hub config's end, padding and start ids and nothing else: no penalty,
+    sampling, length or suppression setting of the checkpoint reaches the greedy answers."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(eos_token_id=hub.eos_token_id, pad_token_id=hub.pad_token_id,
+                            bos_token_id=hub.bos_token_id)
 
 
 def model_class(kind: str):

@@ -25,7 +25,7 @@ from torch import nn
 
 from sertk.models.causal_lm import max_positions
 from sertk.models.encoder import lengths_to_mask
-from sertk.models.scoring import candidate_logprobs
+from sertk.models.scoring import DEFAULT_SCORING, candidate_logprobs
 from sertk.models.selm import PrefixMapper
 from sertk.models.text_tokenizer import TextTokenizer
 
@@ -37,7 +37,7 @@ class EpisodeTemplate:
     instruction: list[int]
     label_prefix: list[int]
     separator: list[int]
-    class_ids: list[list[int]]  # one non-empty token list per class, in label-map order
+    class_ids: list[list[int]]  # tokens of " <word>" per class (LabelMap.words, not codes), label-map order
 
     @classmethod
     def build(cls, tokenizer: TextTokenizer, classes: list[str], instruction: str = "", label_prefix: str = "",
@@ -71,6 +71,8 @@ def pool_frames(feats: torch.Tensor, lengths: torch.Tensor, stride: int) -> tupl
 
 class ICLSpeechLM(nn.Module):
     """Projector + causal LM over cached encoder features; episodes in, label scores or loss out."""
+
+    scoring = DEFAULT_SCORING  # how class strings' token log-probs combine (eval.scoring; set by the task)
 
     def __init__(self, lm: nn.Module, feat_dim: int, template: EpisodeTemplate, projector: dict | None = None):
         super().__init__()
@@ -144,7 +146,9 @@ class ICLSpeechLM(nn.Module):
         ctxs = self.episode_contexts(audio, episodes, labels)
         targets = [self.template.class_ids[ys[-1]] for ys in labels]
         width = max(c.shape[0] + len(y) for c, y in zip(ctxs, targets))
-        emb = torch.zeros(len(ctxs), width, audio.shape[-1], dtype=audio.dtype, device=audio.device)
+        # the LM's own dtype (a bf16 Qwen base under LoRA): the float32 projector's vectors are cast on copy
+        dtype = self.lm.get_input_embeddings().weight.dtype
+        emb = torch.zeros(len(ctxs), width, audio.shape[-1], dtype=dtype, device=audio.device)
         att = torch.zeros(len(ctxs), width, dtype=torch.long, device=audio.device)
         tgt = torch.full((len(ctxs), width), -100, dtype=torch.long, device=audio.device)
         for b, (c, y) in enumerate(zip(ctxs, targets)):
@@ -161,5 +165,5 @@ class ICLSpeechLM(nn.Module):
 
     # ---- decisions ----------------------------------------------------------------
     def score(self, contexts: list[torch.Tensor]) -> torch.Tensor:
-        """[B, C] summed log-probability of every class string after every episode context."""
-        return candidate_logprobs(self.lm, contexts, self.template.class_ids)
+        """[B, C] log-probability of every class string after every episode context (``self.scoring``)."""
+        return candidate_logprobs(self.lm, contexts, self.template.class_ids, self.scoring)

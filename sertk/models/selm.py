@@ -18,7 +18,7 @@ from transformers import GPT2LMHeadModel
 
 from sertk.models.causal_lm import build_causal_lm
 from sertk.models.encoder import SpeechEncoder, lengths_to_mask
-from sertk.models.scoring import candidate_logprobs
+from sertk.models.scoring import DEFAULT_SCORING, candidate_logprobs
 from sertk.models.text_tokenizer import TextTokenizer
 from sertk.models.views import View
 
@@ -73,6 +73,8 @@ class PrefixMapper(nn.Module):
 
 class SELM(nn.Module):
     """Audio-conditioned GPT-2. ``encoder`` is optional: without it inputs are cached features."""
+
+    scoring = DEFAULT_SCORING  # how class strings' token log-probs combine (eval.scoring; set by the task)
 
     def __init__(self, lm: GPT2LMHeadModel, feat_dim: int, prefix: dict | None = None,
                  encoder: SpeechEncoder | None = None):
@@ -136,7 +138,8 @@ class SELM(nn.Module):
     # ---- scoring and constrained decoding --------------------------------------
     def score_candidates(self, prefix: torch.Tensor | None, contexts: list[list[int]],
                          candidates: list[list[int]]) -> torch.Tensor:
-        """Summed log-probability of every candidate after every context: [B, C], one forward pass.
+        """Log-probability of every candidate after every context: [B, C], summed over its tokens or their
+        mean (``self.scoring``).
 
         Row b's context is ``[prefix_b | context_b]`` (sertk.models.scoring);
         without a prefix (the LM-prior pass) the context must be non-empty.
@@ -149,7 +152,7 @@ class SELM(nn.Module):
         for i, ctx in enumerate(contexts):
             tok = embed(torch.tensor(ctx, dtype=torch.long, device=device))
             rows.append(tok if prefix is None else torch.cat([prefix[i].to(tok.dtype), tok], 0))
-        return candidate_logprobs(self.lm, rows, candidates)
+        return candidate_logprobs(self.lm, rows, candidates, self.scoring)
 
     def decode_view(self, prefix: torch.Tensor, contexts: list[list[int]], view: View,
                     tokenizer: TextTokenizer, prior_weight: float = 0.0, bos_context: list[int] | None = None

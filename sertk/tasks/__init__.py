@@ -89,3 +89,22 @@ def audio_crop(data: dict | None, train: bool, where: str = "data") -> dict:
     if train and crop:
         return {"max_duration": float(crop), "random_crop": True}
     return {"max_duration": d.get("max_duration"), "random_crop": bool(train and d.get("random_crop", False))}
+
+
+EVAL_CI_KEYS = {"bootstrap", "ci_unit"}  # every task's eval: resamples (0: no interval) and what they resample
+
+
+def check_ci_unit(ev: dict, where: str) -> None:
+    from sertk.eval.metrics import CI_UNITS
+    if ev.get("ci_unit", "speaker") not in CI_UNITS:
+        raise ValueError(f"{where}: eval.ci_unit must be one of {', '.join(CI_UNITS)}, got {ev.get('ci_unit')!r}")
+
+
+def speakers_of(ctx: TaskContext, test: str, utts: list[str]) -> list[str]:
+    """The speaker of each test utterance (the unit the result's interval resamples)."""
+    from sertk.data.datadir import DataDir
+    spk = DataDir.read(ctx.data / test).utt2spk
+    missing = [u for u in utts if u not in spk]
+    if missing:
+        raise ValueError(f"{ctx.data / test}: no speaker for {len(missing)} scored utterance(s), e.g. {missing[:3]}")
+    return [spk[u] for u in utts]

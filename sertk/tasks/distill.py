@@ -36,14 +36,14 @@ import yaml
 from sertk.common.fileio import write_json_atomic, write_text_atomic
 from sertk.common.protocol import Split
 from sertk.data.dataset import AudioDataset, collate_audio
-from sertk.eval.metrics import bootstrap_ci, regression_metrics
+from sertk.eval.metrics import interval, regression_metrics
 from sertk.eval.results import write_result
 from sertk.export.onnx_export import export_onnx, parity, quantize_int8, run_onnx, session, size_kb
 from sertk.export.profile import count_params, macs_per_second, onnx_runtime_profile
 from sertk.models.dawn import AVD_OUTPUTS
 from sertk.models.mobilenet_student import ARCHS, MobileNetStudent
 from sertk.models.wav2small import Wav2Small
-from sertk.tasks import TaskContext, reject_unknown
+from sertk.tasks import EVAL_CI_KEYS, TaskContext, check_ci_unit, reject_unknown, speakers_of
 from sertk.tasks.teacher import collapsed_members, gold_range, load_teacher, scaled_gold, teacher_digest, teacher_info
 from sertk.train.distill import LOSSES, AugmentConfig, DistillDataset, cache_dir, distill_loss, label_with_teacher
 from sertk.train.inference import place, resolve_device, run_model
@@ -89,8 +89,9 @@ def check_config(cfg: dict, where: str) -> None:
     crop = (cfg.get("data") or {}).get("train_crop")
     if crop is not None and (isinstance(crop, bool) or not isinstance(crop, (int, float)) or crop <= 0):
         raise ValueError(f"{where}: data.train_crop must be a positive number of seconds or null, got {crop!r}")
-    reject_unknown(cfg.get("eval") or {}, {"batch_size", "bootstrap", "profile_seconds", "gold_range"},
+    reject_unknown(cfg.get("eval") or {}, {"batch_size", "profile_seconds", "gold_range"} | EVAL_CI_KEYS,
                    f"{where}: eval")
+    check_ci_unit(cfg.get("eval") or {}, where)
     gold_range(cfg, where)
     reject_unknown(cfg.get("export") or {}, {"opset"}, f"{where}: export")
     TrainConfig.from_dict(dict(cfg.get("train") or {}))
@@ -317,7 +318,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         utts, (fp32, int8) = runs[test]
         tout = np.stack([touts[(ctx.datadir(test), 0)][(u, 0)] for u in utts])
         gold = scaled_gold(cfg, np.array([ds.datadir.utt2avd[u] for u in utts]))
-        metrics, extra = _test_figures(cfg, int8, fp32, tout, gold, profile)
+        metrics, extra = _test_figures(cfg, int8, fp32, tout, gold, profile, speakers_of(ctx, test, utts))
         extra = {"fold": split.fold, "role": "student", "model_dir": str(ctx.expdir), "student": info["student"],
                  "teacher": info["teacher"], "scored_model": "onnx int8", "profile": profile, **extra,
                  "collapsed": bool(info.get("collapsed"))}
@@ -339,12 +340,13 @@ def _write_test_result(ctx: TaskContext, split: Split, test: str, utts: list[str
 
 
 def _test_figures(cfg: dict, int8: np.ndarray, fp32: np.ndarray, tout: np.ndarray, gold: np.ndarray,
-                  profile: dict) -> tuple[dict, dict]:
+                  profile: dict, speakers: list[str]) -> tuple[dict, dict]:
     """Metrics (the int8 model, as deployed, vs human labels and vs the teacher) and the float/teacher extras."""
     metrics = regression_metrics(int8, gold, NAMES)
     n_boot = (cfg.get("eval") or {}).get("bootstrap", 1000)
     if n_boot:
-        metrics["ccc_mean_ci"] = list(bootstrap_ci(gold, int8, "ccc_mean", n_boot=n_boot))
+        metrics["ccc_mean_ci"], metrics["ci_method"] = interval(
+            gold, int8, "ccc_mean", speakers, (cfg.get("eval") or {}).get("ci_unit", "speaker"), n_boot)
     vs_teacher = regression_metrics(int8, tout, NAMES)
     fp32_vs_teacher = regression_metrics(fp32, tout, NAMES)
     metrics["ccc_teacher"] = vs_teacher["ccc"]

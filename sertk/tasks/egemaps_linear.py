@@ -19,10 +19,10 @@ from sklearn.preprocessing import StandardScaler
 from sertk.common.fileio import atomic_path, write_text_atomic
 from sertk.common.protocol import Split
 from sertk.data.datadir import DataDir
-from sertk.eval.metrics import bootstrap_ci, classification_metrics, regression_metrics
+from sertk.eval.metrics import classification_metrics, interval, regression_metrics
 from sertk.eval.results import write_result
 from sertk.features.store import feats_matrix
-from sertk.tasks import TaskContext, label_map_of, reject_unknown
+from sertk.tasks import EVAL_CI_KEYS, TaskContext, check_ci_unit, label_map_of, reject_unknown, speakers_of
 
 log = logging.getLogger(__name__)
 AVD_NAMES = ["arousal", "valence", "dominance"]
@@ -69,12 +69,14 @@ def logreg_predict(xs: np.ndarray, z, num_labels: int) -> tuple[np.ndarray, np.n
 
 def write_classification(outdir: Path, ctx: TaskContext, protocol: dict, utts: list[str], gold: list[str],
                          pred: list[str], labels: list[str], extra: dict, n_boot: int = 1000,
-                         probs: np.ndarray | None = None) -> tuple[Path, dict]:
-    """One test set's metrics (+ UAR bootstrap CI), predictions.txt, scores.txt (posteriors, when given)
-    and results.json: the files the report and score fusion read."""
+                         probs: np.ndarray | None = None, ci_unit: str = "speaker") -> tuple[Path, dict]:
+    """One test set's metrics (+ UAR bootstrap CI, speakers resampled unless ``ci_unit`` says utterances),
+    predictions.txt, scores.txt (posteriors, when given) and results.json: the files the report and score
+    fusion read."""
     metrics = classification_metrics(gold, pred, labels)
     if n_boot:  # eval.bootstrap: 0 turns the CI off
-        metrics["uar_ci"] = list(bootstrap_ci(gold, pred, "uar", n_boot=n_boot))
+        metrics["uar_ci"], metrics["ci_method"] = interval(gold, pred, "uar", speakers_of(ctx, protocol["test"], utts),
+                                                           ci_unit, n_boot)
     write_text_atomic(outdir / "predictions.txt", "".join(f"{u} {p}\n" for u, p in zip(utts, pred)))
     if probs is not None:
         write_text_atomic(outdir / "scores.txt", "# utt " + " ".join(labels) + "\n" + "".join(
@@ -110,7 +112,8 @@ def check_config(cfg: dict, where: str) -> None:
     reject_unknown(cfg, {"task", "model", "eval", "label_map", "baseline"}, where)
     reject_unknown(cfg.get("model") or {}, {"C", "max_iter", "class_weight", "speaker_norm", "regression",
                                             "ridge_alpha", "clip"}, f"{where}: model")
-    reject_unknown(cfg.get("eval") or {}, {"bootstrap"}, f"{where}: eval")
+    reject_unknown(cfg.get("eval") or {}, EVAL_CI_KEYS, f"{where}: eval")
+    check_ci_unit(cfg.get("eval") or {}, where)
 
 
 def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
@@ -151,7 +154,8 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         protocol = split.record(test, ctx.data)
         path, metrics = write_classification(outdir, ctx, protocol, utts, gold, pred, labels.labels,
                                              {"fold": split.fold, "baseline": bool(cfg.get("baseline"))},
-                                             cfg.get("eval", {}).get("bootstrap", 1000))
+                                             cfg.get("eval", {}).get("bootstrap", 1000),
+                                             ci_unit=cfg.get("eval", {}).get("ci_unit", "speaker"))
         written.append(path)
         if "ridge_coef" in z.files and d.has("utt2avd"):
             avd_pred = xs @ z["ridge_coef"].T + z["ridge_intercept"]

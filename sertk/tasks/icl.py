@@ -33,7 +33,8 @@ import yaml
 from sertk.common.fileio import write_text_atomic
 from sertk.common.protocol import Split
 from sertk.data.dataset import AudioDataset
-from sertk.data.episodes import CONDITIONS, Episode, EpisodeSampler, enrolment_draws, group_by_speaker
+from sertk.data.episodes import (CONDITIONS, Episode, EpisodeSampler, diverse_possible, enrolment_draws,
+                                  group_by_speaker)
 from sertk.eval.kcurve import markdown_table, plot_kcurve, summarise, write_tsv
 from sertk.eval.metrics import bootstrap_ci, classification_metrics, scores_from_confusion
 from sertk.eval.results import write_result
@@ -42,6 +43,7 @@ from sertk.models.encoder import SPEC_KEYS
 from sertk.models.heads import build_pooling
 from sertk.models.causal_lm import build_causal_lm
 from sertk.models.icl import EpisodeTemplate, ICLSpeechLM
+from sertk.models.scoring import DEFAULT_SCORING, check_scoring
 from sertk.models.personal_baselines import METHODS as BASELINE_METHODS, PersonalBaselines
 from sertk.models.text_tokenizer import HFTokenizer, SentencePieceTokenizer, TextTokenizer, load_tokenizer
 from sertk.tasks import TaskContext, label_map_of, reject_unknown
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_K = [0, 1, 2, 4, 8, 16]
 ICL, ICL_K0 = "icl", "icl_k0"
+CI_UNITS = ("speaker", "query")  # what the headline interval resamples: whole speakers, or queries with all draws
 
 
 # ------------------------------------------------------------------ config --
@@ -76,12 +79,17 @@ def check_config(cfg: dict, where: str) -> None:
         raise ValueError(f"{where}: model.lm.mode must be frozen, full or lora")
     reject_unknown(cfg.get("data") or {}, {"max_duration", "cache_batch_size", "preload"}, f"{where}: data")
     ep = cfg.get("episodes") or {}
-    reject_unknown(ep, {"k", "per_epoch", "dev_k", "dev_queries", "dev_speakers", "speaker_augment"},
+    reject_unknown(ep, {"k", "per_epoch", "dev_k", "dev_queries", "dev_speakers", "speaker_augment", "diverse"},
                    f"{where}: episodes")
+    if ep.get("diverse", "auto") not in (True, False, "auto"):
+        raise ValueError(f"{where}: episodes.diverse must be true, false or auto, got {ep.get('diverse')!r}")
     reject_unknown(ep.get("speaker_augment") or {}, {"shift", "scale"}, f"{where}: episodes.speaker_augment")
     ev = cfg.get("eval") or {}
-    reject_unknown(ev, {"k", "draws", "seed", "conditions", "batch_size", "bootstrap", "min_utterances"},
-                   f"{where}: eval")
+    reject_unknown(ev, {"k", "draws", "seed", "conditions", "batch_size", "bootstrap", "min_utterances",
+                        "ci_unit", "scoring"}, f"{where}: eval")
+    check_scoring(ev.get("scoring", DEFAULT_SCORING), f"{where}: eval.scoring")
+    if ev.get("ci_unit", "speaker") not in CI_UNITS:
+        raise ValueError(f"{where}: eval.ci_unit must be one of {list(CI_UNITS)}, got {ev.get('ci_unit')!r}")
     bad = set(ev.get("conditions", CONDITIONS)) - set(CONDITIONS)
     if bad:
         raise ValueError(f"{where}: eval.conditions: unknown {sorted(bad)}; known {list(CONDITIONS)}")
@@ -110,6 +118,7 @@ def _max_k(cfg: dict) -> int:
 
 
 def _make_tokenizer(cfg: dict, classes: list[str]) -> TextTokenizer:
+    """The LM's tokenizer; a local one is trained on the template texts and ``classes`` (the label words)."""
     m = cfg["model"]
     lm = m.get("lm") or {}
     if lm.get("name_or_path"):
@@ -121,6 +130,7 @@ def _make_tokenizer(cfg: dict, classes: list[str]) -> TextTokenizer:
 
 
 def _build_model(cfg: dict, tokenizer: TextTokenizer, classes: list[str], feat_dim: int) -> ICLSpeechLM:
+    """``classes`` are the label *words* (``angry``, not CREMA-D's ``ANG``): what the LM reads and answers."""
     m = cfg["model"]
     template = EpisodeTemplate.build(tokenizer, classes, m.get("instruction") or "", m.get("label_prefix") or "",
                                      m.get("separator", "\n"))
@@ -134,6 +144,7 @@ class _Env:
     def __init__(self, cfg: dict, split: Split, ctx: TaskContext):
         self.cfg, self.split, self.ctx = cfg, split, ctx
         self.labels = label_map_of(cfg, split, "icl")
+        self.words = self.labels.words  # the LM reads words, never corpus codes; a code without one raises here
         self.spec = {**cfg["model"]["encoder"], "freeze": True}  # as SELM's and the probes': one cache entry
         self.encoder, self.digest = frozen_encoder(self.spec, int((cfg.get("train") or {}).get("seed", 0)))
         self.data_cfg = cfg.get("data") or {}
@@ -256,7 +267,7 @@ def score_episodes(model: ICLSpeechLM, batch: dict) -> torch.Tensor:
 
 def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     env = _Env(cfg, split, ctx)
-    classes = env.labels.labels
+    classes, words = env.labels.labels, env.words
     ep = cfg.get("episodes") or {}
     ks = [int(k) for k in ep.get("k", [0, 16])]
     seed = env.train_cfg.seed
@@ -282,14 +293,17 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
         tspk = {s: us for s, us in tspk.items() if len(us) >= 2}
     if set(tspk) & set(dspk):
         raise ValueError(f"{split.tag}: speakers {sorted(set(tspk) & set(dspk))[:5]} are in train and dev")
-    tokenizer = _make_tokenizer(cfg, classes)
+    tokenizer = _make_tokenizer(cfg, words)
     torch.manual_seed(seed)
-    model = _build_model(cfg, tokenizer, classes, env.encoder.hidden_size)
+    model = _build_model(cfg, tokenizer, words, env.encoder.hidden_size)
+    model.scoring = (cfg.get("eval") or {}).get("scoring", DEFAULT_SCORING)  # dev selection decides as the test
     model.prefixer.set_feature_stats(*frame_stats(tfeats[u] for u in tutts))
     model.check_fits(_max_k(cfg))
     aug = ep.get("speaker_augment") or {}
-    train_set = EpisodeData(sampler=EpisodeSampler(tspk, ks, seed), per_epoch=int(ep.get("per_epoch", 2000)),
-                            augment=bool(aug))
+    diverse = ep.get("diverse", "auto")
+    diverse = diverse_possible(tspk, ty) if diverse == "auto" else bool(diverse)
+    train_set = EpisodeData(sampler=EpisodeSampler(tspk, ks, seed, diverse, ty),
+                            per_epoch=int(ep.get("per_epoch", 2000)), augment=bool(aug))
     dev_ks = [int(k) for k in ep.get("dev_k", (cfg.get("eval") or {}).get("k", DEFAULT_K))]
     dev_set = EpisodeData(episodes=dev_episodes(dspk, dy, dev_ks, int(ep.get("dev_queries", 8)), seed))
     feat_std = model.prefixer.feat_std.clone() if aug else None  # the training frames' std, as the projector's
@@ -319,7 +333,8 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     tokenizer.save(ctx.expdir / "tokenizer")
     tuned = _fit_baselines(env, cfg, (tdd, tutts, tfeats, ty), (dspk, dfeats, dy), dev_ks, seed)
     info = {"task": "icl", "model": cfg["model"], "encoder": env.spec, "encoder_weights_sha256": env.digest,
-            "sample_rate": ctx.sample_rate, "labels": classes, "episodes": {"k": ks, "per_epoch": train_set.per_epoch},
+            "sample_rate": ctx.sample_rate, "labels": classes, "label_words": words,
+            "episodes": {"k": ks, "per_epoch": train_set.per_epoch, "diverse": diverse},
             "train_speakers": len(tspk), "dev_speakers": len(dspk), "best_epoch": summary.get("best_epoch"),
             "best_dev": summary.get("best_metrics"), "baselines": tuned, **verdict(summary)}
     write_text_atomic(ctx.expdir / "model.yaml", yaml.safe_dump(info, sort_keys=False))
@@ -352,7 +367,7 @@ def load_trained(expdir: Path, feat_dim: int) -> tuple[ICLSpeechLM, dict]:
     """Rebuild a meta-trained model (model.yaml + tokenizer/ + best.safetensors)."""
     info = yaml.safe_load((expdir / "model.yaml").read_text())
     tokenizer = load_tokenizer(expdir / "tokenizer")
-    model = _build_model({"model": info["model"]}, tokenizer, info["labels"], feat_dim)
+    model = _build_model({"model": info["model"]}, tokenizer, info.get("label_words", info["labels"]), feat_dim)
     load_weights(model, expdir / "best.safetensors")
     return model.eval(), info
 
@@ -364,6 +379,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
     env = _Env(cfg, split, ctx)
     model, info = load_trained(ctx.expdir, env.encoder.hidden_size)
     model = place(model, env.train_cfg.device)
+    model.scoring = (cfg.get("eval") or {}).get("scoring", DEFAULT_SCORING)
     base = PersonalBaselines.load(ctx.expdir / "baselines.npz")
     written = []
     for test in split.tests:
@@ -413,6 +429,28 @@ def _draw_metrics(gold: list[int], pred: list[int], num_classes: int) -> dict:
     return {"n": len(gold), **scores_from_confusion(cm.reshape(num_classes, num_classes))}
 
 
+def headline_metrics(by_draw: dict, classes: list[str], utt2spk: dict[str, str], unit: str = "speaker",
+                     n_boot: int = 1000) -> dict:
+    """Metrics of decisions pooled over draws (``by_draw``: draw -> (gold, pred, query utts)).
+
+    Pooled, a query counts once per draw and a speaker's decisions are
+    correlated: the interval resamples whole speakers (or queries), each with
+    all its draws, and ``ci_method`` records which.
+    """
+    g, p, q = [], [], []
+    for gg, pp, qq in by_draw.values():
+        g += gg
+        p += pp
+        q += qq
+    gold, pred = [classes[i] for i in g], [classes[i] for i in p]
+    metrics = classification_metrics(gold, pred, classes)
+    if n_boot:
+        groups = [utt2spk[u] for u in q] if unit == "speaker" else q
+        metrics["uar_ci"] = list(bootstrap_ci(gold, pred, "uar", n_boot=n_boot, groups=groups))
+        metrics["ci_method"] = f"{unit}_bootstrap"
+    return metrics
+
+
 def _evaluate_test(env: _Env, cfg: dict, model: ICLSpeechLM, base: PersonalBaselines, info: dict,
                    test: str) -> Path:
     ev = cfg.get("eval") or {}
@@ -434,7 +472,7 @@ def _evaluate_test(env: _Env, cfg: dict, model: ICLSpeechLM, base: PersonalBasel
     every = [u for us in speakers.values() for u in us]
     k0 = dict(zip(every, _icl_predict(model, audio, [([], every)], y, bs)[0]))  # the plain speech-LM decision
     methods = [ICL, ICL_K0] + list(BASELINE_METHODS)
-    decisions: dict[tuple, dict[int, tuple[list, list]]] = {}  # (cond, k, method) -> draw -> (gold, pred)
+    decisions: dict[tuple, dict[int, tuple]] = {}  # (cond, k, method) -> draw -> (gold, pred, query utts)
     draw_lines, pred_lines = [], []
     for cond in conditions:
         for k in ks:
@@ -456,13 +494,14 @@ def _evaluate_test(env: _Env, cfg: dict, model: ICLSpeechLM, base: PersonalBasel
                     preds[meth] = base.predict(meth, xq, xe, ye).argmax(1).tolist()
                 gold = [y[q] for q in queries]
                 for meth in methods:
-                    g, p = decisions.setdefault((cond, k, meth), {}).setdefault(d, ([], []))
+                    g, p, qs = decisions.setdefault((cond, k, meth), {}).setdefault(d, ([], [], []))
                     g += gold
                     p += preds[meth]
+                    qs += queries
                 pred_lines += [f"{cond}\t{k}\t{d}\t{q}\t{classes[gold[i]]}\t" +
                                "\t".join(classes[preds[mm][i]] for mm in methods) + "\n"
                                for i, q in enumerate(queries)]
-    per_draw = {key: [_draw_metrics(g, p, len(classes)) for _, (g, p) in sorted(by_draw.items())]
+    per_draw = {key: [_draw_metrics(g, p, len(classes)) for _, (g, p, _) in sorted(by_draw.items())]
                 for key, by_draw in decisions.items()}
     rows = summarise(per_draw)
     outdir = env.ctx.expdir / "eval" / test
@@ -475,19 +514,13 @@ def _evaluate_test(env: _Env, cfg: dict, model: ICLSpeechLM, base: PersonalBasel
                       "".join(pred_lines))
     # headline: ICL at the largest k with arbitrary enrolment, decisions pooled over draws and speakers
     head_k = max(k for (c, k, m) in decisions if c == conditions[0] and m == ICL)
-    g, p = [], []
-    for gg, pp in decisions[(conditions[0], head_k, ICL)].values():
-        g += gg
-        p += pp
-    gold_s, pred_s = [classes[i] for i in g], [classes[i] for i in p]
-    metrics = classification_metrics(gold_s, pred_s, classes)
-    if ev.get("bootstrap", 1000):
-        metrics["uar_ci"] = list(bootstrap_ci(gold_s, pred_s, "uar", n_boot=int(ev.get("bootstrap", 1000))))
+    metrics = headline_metrics(decisions[(conditions[0], head_k, ICL)], classes, dd.utt2spk,
+                               ev.get("ci_unit", "speaker"), int(ev.get("bootstrap", 1000)))
     extra = {"fold": env.split.fold, "model_dir": str(env.ctx.expdir), "headline": {
                  "method": ICL, "k": head_k, "condition": conditions[0], "pooled_over_draws": draws},
              "speakers": len(speakers), "draws": draws, "k": ks, "conditions": conditions,
              "kcurve": rows, "kcurve_png": str(png), "baselines": info.get("baselines"),
-             "best_dev": info.get("best_dev"), "collapsed": bool(info.get("collapsed"))}
+             "best_dev": info.get("best_dev"), "collapsed": bool(info.get("collapsed")), "scoring": model.scoring}
     path = outdir / "results.json"
     write_result(path, stage=env.ctx.stage, name=env.ctx.name, task="classification",
                  protocol=env.split.record(test, env.ctx.data), metrics=metrics, labels=classes,

@@ -33,7 +33,7 @@ from sertk.eval.metrics import classification_metrics
 from sertk.features.embedding_cache import encoder_features, frozen_encoder
 from sertk.models.encoder import SPEC_KEYS
 from sertk.models.heads import build_pooling
-from sertk.tasks import TaskContext, label_map_of, reject_unknown
+from sertk.tasks import EVAL_CI_KEYS, TaskContext, check_ci_unit, label_map_of, reject_unknown
 from sertk.tasks.egemaps_linear import fit_logreg, logreg_predict, speaker_normalize, standardize, write_classification
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ def check_config(cfg: dict, where: str) -> None:
     if m.get("pooling", "mean") not in POOLINGS:
         raise ValueError(f"{where}: model.pooling must be one of {sorted(POOLINGS)}")
     reject_unknown(cfg.get("data") or {}, {"max_duration", "cache_batch_size"}, f"{where}: data")
-    reject_unknown(cfg.get("eval") or {}, {"bootstrap"}, f"{where}: eval")
+    reject_unknown(cfg.get("eval") or {}, EVAL_CI_KEYS, f"{where}: eval")
+    check_ci_unit(cfg.get("eval") or {}, where)
     _check_layer(enc.get("layer", "last"), where)
     if not enc.get("name_or_path"):  # local configs are built for real; hub/zoo ones are not fetched
         try:
@@ -168,7 +169,8 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         utts, gold, pred, probs = feats.predict(z, test, labels)
         path, metrics = write_classification(ctx.expdir / "eval" / test, ctx, split.record(test, ctx.data), utts,
                                              gold, pred, labels.labels, extra,
-                                             (cfg.get("eval") or {}).get("bootstrap", 1000), probs)
+                                             (cfg.get("eval") or {}).get("bootstrap", 1000), probs,
+                                             (cfg.get("eval") or {}).get("ci_unit", "speaker"))
         written.append(path)
         log.info("%s %s -> %s: UAR %.4f WA %.4f", ctx.name, split.tag, test, metrics["uar"], metrics["wa"])
     return written

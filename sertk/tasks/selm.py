@@ -29,14 +29,15 @@ from torch.utils.data import DataLoader
 from sertk.common.fileio import write_text_atomic
 from sertk.common.protocol import Split
 from sertk.data.dataset import AudioDataset, collate_audio
-from sertk.eval.metrics import bootstrap_ci, classification_metrics
+from sertk.eval.metrics import classification_metrics, interval
 from sertk.eval.results import load_result, write_result
 from sertk.features.embedding_cache import compute_features, encoder_features, frame_stats, frozen_encoder
 from sertk.models.encoder import SPEC_KEYS, SpeechEncoder
+from sertk.models.scoring import DEFAULT_SCORING, check_scoring
 from sertk.models.selm import SELM, build_lm, encode_example
 from sertk.models.text_tokenizer import HFTokenizer, SentencePieceTokenizer, TextTokenizer, load_tokenizer
 from sertk.models.views import LEVELS, SENTIMENTS, VIEW_NAMES, View, make_views, map_gold, view_values
-from sertk.tasks import TaskContext, label_map_of, reject_unknown
+from sertk.tasks import EVAL_CI_KEYS, TaskContext, check_ci_unit, label_map_of, reject_unknown, speakers_of
 from sertk.train.inference import amp_dtype, autocast, model_device, place, to_device
 from sertk.train.trainer import Trainer, TrainConfig, chance_level, load_weights, seed_everything, verdict
 
@@ -66,8 +67,10 @@ def check_config(cfg: dict, where: str) -> None:
     if "categorical" not in views or any(v not in VIEW_NAMES for v in views):
         raise ValueError(f"{where}: model.views must include 'categorical' and only {VIEW_NAMES}")
     reject_unknown(cfg.get("data") or {}, {"max_duration", "cache", "cache_batch_size"}, f"{where}: data")
-    reject_unknown(cfg.get("eval") or {}, {"batch_size", "bootstrap", "lm_prior_weight", "label_mapping",
-                                           "baseline", "drop_unmapped"}, f"{where}: eval")
+    reject_unknown(cfg.get("eval") or {}, {"batch_size", "lm_prior_weight", "label_mapping", "baseline",
+                                           "drop_unmapped", "scoring"} | EVAL_CI_KEYS, f"{where}: eval")
+    check_ci_unit(cfg.get("eval") or {}, where)
+    check_scoring((cfg.get("eval") or {}).get("scoring", DEFAULT_SCORING), f"{where}: eval.scoring")
     fs = cfg.get("fewshot")
     if fs:
         reject_unknown(fs, {"k", "pool", "adapt", "train", "seed"}, f"{where}: fewshot")
@@ -371,6 +374,7 @@ def train(cfg: dict, split: Split, ctx: TaskContext) -> None:
     if not split.dev:
         log.warning("protocol %s has no dev set: selecting the checkpoint on the training data", split.tag)
     model = env.model(tokenizer)
+    model.scoring = (cfg.get("eval") or {}).get("scoring", DEFAULT_SCORING)  # dev selection decides as the test
     model.prefixer.set_feature_stats(*env.feature_stats(split.train))
     summary = _fit(model, train_set, dev_set, env, tokenizer, cfg.get("train") or {}, ctx.expdir)
     tokenizer.save(ctx.expdir / "tokenizer")
@@ -427,8 +431,9 @@ def _score_test(env: _Env, model: SELM, tokenizer, test: str, outdir: Path, name
     pred = [v[0] for v in r["views"]["categorical"]]
     metrics = classification_metrics(gold, pred, classes)
     if ev.get("bootstrap", 1000):
-        metrics["uar_ci"] = list(bootstrap_ci(gold, pred, "uar", n_boot=ev.get("bootstrap", 1000)))
-    extra = {**extra, "dropped_unmapped": len(dropped), "views": _view_scores(env, dd, r),
+        metrics["uar_ci"], metrics["ci_method"] = interval(gold, pred, "uar", speakers_of(env.ctx, test, r["utts"]),
+                                                           ev.get("ci_unit", "speaker"), ev.get("bootstrap", 1000))
+    extra = {**extra, "dropped_unmapped": len(dropped), "scoring": model.scoring, "views": _view_scores(env, dd, r),
              **_baseline_gain(cfg, env.split, test, metrics)}
     write_text_atomic(outdir / "predictions.txt", "".join(
         f"{u} {p} {' '.join('|'.join(r['views'][n][i]) for n in views if n != 'categorical')}".rstrip() + "\n"
@@ -485,6 +490,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
     model, tokenizer, info = load_trained(ctx.expdir, env.encoder.hidden_size,
                                           None if env.use_cache else env.encoder)
     model = place(model, env.train_cfg.device)  # evaluated where it trained
+    model.scoring = (cfg.get("eval") or {}).get("scoring", DEFAULT_SCORING)  # few-shot copies keep it
     written = []
     for test in split.tests:
         outdir = ctx.expdir / "eval" / test

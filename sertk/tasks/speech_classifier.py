@@ -18,11 +18,12 @@ from sertk.common.fileio import write_text_atomic
 from sertk.common.protocol import Split
 from sertk.data.dataset import AudioDataset, collate_audio
 from sertk.data.labels import LabelMap
-from sertk.eval.metrics import bootstrap_ci, classification_metrics, regression_metrics
+from sertk.eval.metrics import classification_metrics, interval, regression_metrics
 from sertk.eval.results import write_result
 from sertk.models.encoder import SPEC_KEYS
 from sertk.models.classifier import SpeechClassifier
-from sertk.tasks import CROP_KEYS, TaskContext, audio_crop, label_map_of, reject_unknown
+from sertk.tasks import (CROP_KEYS, EVAL_CI_KEYS, TaskContext, audio_crop, check_ci_unit, label_map_of,
+                         reject_unknown, speakers_of)
 from sertk.train.losses import ccc_loss
 from sertk.train.distributed import env_info
 from sertk.train.inference import place, predict, run_model
@@ -63,7 +64,8 @@ def check_config(cfg: dict, where: str) -> None:
                          "freeze_feature_encoder", "normalize"}, f"{where}: model.encoder")
     reject_unknown(cfg.get("data") or {}, CROP_KEYS | {"buckets"}, f"{where}: data")
     audio_crop(cfg.get("data"), True, f"{where}: data")
-    reject_unknown(cfg.get("eval") or {}, {"batch_size", "bootstrap"}, f"{where}: eval")
+    reject_unknown(cfg.get("eval") or {}, {"batch_size"} | EVAL_CI_KEYS, f"{where}: eval")
+    check_ci_unit(cfg.get("eval") or {}, where)
     TrainConfig.from_dict(dict(cfg.get("train") or {}))
     if not enc.get("name_or_path"):  # local configs are built for real; hub ones are not fetched
         build_model(cfg, 3)
@@ -147,11 +149,13 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         extra = {"fold": split.fold, "baseline": bool(cfg.get("baseline")), "model_dir": str(ctx.expdir),
                  "best_dev": info.get("best_dev"), "collapsed": bool(info.get("collapsed"))}
         n_boot = cfg.get("eval", {}).get("bootstrap", 1000)
+        ci_unit = cfg.get("eval", {}).get("ci_unit", "speaker")
         if labels is None:
             gold = np.array([ds.datadir.utt2avd[u] for u in utts])
             metrics = regression_metrics(out, gold, AVD_NAMES)
             if n_boot:
-                metrics["ccc_mean_ci"] = list(bootstrap_ci(gold, out, "ccc_mean", n_boot=n_boot))
+                metrics["ccc_mean_ci"], metrics["ci_method"] = interval(
+                    gold, out, "ccc_mean", speakers_of(ctx, test, utts), ci_unit, n_boot)
             write_text_atomic(outdir / "predictions.txt",
                               "".join(f"{u} {' '.join(f'{v:.5f}' for v in row)}\n" for u, row in zip(utts, out)))
             path = outdir / "results.json"
@@ -162,7 +166,8 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
             pred = [labels.labels[i] for i in out.argmax(1)]
             metrics = classification_metrics(gold, pred, labels.labels)
             if n_boot:
-                metrics["uar_ci"] = list(bootstrap_ci(gold, pred, "uar", n_boot=n_boot))
+                metrics["uar_ci"], metrics["ci_method"] = interval(
+                    gold, pred, "uar", speakers_of(ctx, test, utts), ci_unit, n_boot)
             probs = torch.softmax(torch.from_numpy(out), 1).numpy()
             write_text_atomic(outdir / "predictions.txt", "".join(f"{u} {p}\n" for u, p in zip(utts, pred)))
             write_text_atomic(outdir / "scores.txt", "# utt " + " ".join(labels.labels) + "\n" + "".join(

@@ -19,11 +19,12 @@ import yaml
 from sertk.common.fileio import hash_obj, sha256_file, write_text_atomic
 from sertk.common.protocol import Split
 from sertk.data.dataset import AudioDataset, collate_audio
-from sertk.eval.metrics import bootstrap_ci, regression_metrics
+from sertk.eval.metrics import interval, regression_metrics
 from sertk.eval.results import write_result
 from sertk.models.encoder import SPEC_KEYS
 from sertk.models.dawn import AVD_OUTPUTS, DawnRegressor, EnsembleTeacher, load_released
-from sertk.tasks import CROP_KEYS, TaskContext, audio_crop, reject_unknown
+from sertk.tasks import (CROP_KEYS, EVAL_CI_KEYS, TaskContext, audio_crop, check_ci_unit, reject_unknown,
+                         speakers_of)
 from sertk.tasks.speech_classifier import length_buckets
 from sertk.train.inference import place, predict, run_model
 from sertk.train.losses import ccc_loss
@@ -52,7 +53,8 @@ def check_config(cfg: dict, where: str) -> None:
             build_member(m)
     reject_unknown(cfg.get("data") or {}, CROP_KEYS | {"buckets"}, f"{where}: data")
     audio_crop(cfg.get("data"), True, f"{where}: data")
-    reject_unknown(cfg.get("eval") or {}, {"batch_size", "bootstrap", "gold_range"}, f"{where}: eval")
+    reject_unknown(cfg.get("eval") or {}, {"batch_size", "gold_range"} | EVAL_CI_KEYS, f"{where}: eval")
+    check_ci_unit(cfg.get("eval") or {}, where)
     gold_range(cfg, where)
     TrainConfig.from_dict(dict(cfg.get("train") or {}))
 
@@ -186,7 +188,9 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         metrics = regression_metrics(out, gold, list(AVD_OUTPUTS))
         n_boot = (cfg.get("eval") or {}).get("bootstrap", 1000)
         if n_boot:
-            metrics["ccc_mean_ci"] = list(bootstrap_ci(gold, out, "ccc_mean", n_boot=n_boot))
+            metrics["ccc_mean_ci"], metrics["ci_method"] = interval(
+                gold, out, "ccc_mean", speakers_of(ctx, test, utts), (cfg.get("eval") or {}).get("ci_unit", "speaker"),
+                n_boot)
         metrics["params"] = sum(p.numel() for p in teacher.parameters())
         outdir = ctx.expdir / "eval" / test
         write_text_atomic(outdir / "predictions.txt",

@@ -6,14 +6,19 @@ Evaluation only (``sertk evaluate``; stage 9 of ser.sh). Per protocol split:
    dev and test sets zero-shot from the prompt set (``prompts:``, templates x
    class synonyms; sertk.models.clap_zeroshot): a single prompt, the
    embedding- and score-space ensembles, and the ensemble with prompt
-   amplification ``N`` for every ``N`` of ``zero_shot.amplify``;
+   amplification ``N`` (audio and whole prompt repeated) for every ``N`` of
+   ``zero_shot.amplify``;
 2. every FM (``fms:``) is a frozen-encoder probe (sertk.tasks.probe, its own
    code: any encoder spec, Wav2Vec2/WavLM/HuBERT or a Whisper checkpoint with
    its ``window``) trained on the split's train set under ``<expdir>/fm/<name>``;
 3. fusion (sertk.fusion.late_fusion) of the ALMs (as ``zero_shot.ensemble``
-   with ``zero_shot.amplify_in_fusion``) and FMs, in every combination:
-   each ALM with each FM, all ALMs, all FMs, everything; each once with dev
-   temperatures and dev-chosen weights and once label-free.
+   amplified ``zero_shot.amplify_in_fusion`` times: ``dev``, each ALM's ``N``
+   of ``amplify`` with the best dev UAR, or a fixed number) and FMs, in every
+   combination: each ALM with each FM, all ALMs, all FMs, everything; each
+   once with dev temperatures and dev-chosen weights and once label-free.
+   Unless the ALMs enter at ``N = 1``, the fusions holding ALMs are also run
+   with them at ``N = 1`` (rows tagged ``[ALMs x1]``), the ablation of
+   amplification inside the fused system.
 
 Per test set ``eval/<test>/results.json`` holds the headline system (the
 fusion of everything, ``fusion.headline``: ``dev`` or ``label_free``) and, in
@@ -35,14 +40,17 @@ import numpy as np
 from sertk.common.fileio import write_json_atomic, write_text_atomic
 from sertk.common.protocol import Split
 from sertk.data.labels import LabelMap
-from sertk.eval.metrics import bootstrap_ci, classification_metrics
+from sertk.eval.metrics import classification_metrics, interval
+from sertk.eval.significance import paired_test
 from sertk.fusion.late_fusion import (DOMAINS, LABEL_FREE, calibrate_temperature, dev_weights, fuse,
                                       fuse_label_free, log_softmax, uar_of)
-from sertk.models.clap_zeroshot import ENSEMBLES, TEXT_MODES, PromptSet, class_logits
-from sertk.tasks import TaskContext, reject_unknown
+from sertk.models.clap_zeroshot import ENSEMBLES, TEXT_MODES, PromptSet, class_logits, is_msclap
+from sertk.models.msclap_loader import FRONT_END
+from sertk.tasks import EVAL_CI_KEYS, TaskContext, check_ci_unit, reject_unknown, speakers_of
 
 log = logging.getLogger(__name__)
-ALM_KEYS = {"name_or_path", "revision", "padding"}
+ALM_KEYS = {"name_or_path", "revision", "padding", "tokenizer", "msclap"}
+MSCLAP_KEYS = {"spec_size", "patch_stride", "text_heads", "features"}
 ZS_KEYS = {"ensemble", "scale", "temperature", "normalize", "amplify", "amplify_audio", "amplify_text",
            "amplify_text_mode", "amplify_in_fusion", "batch_size"}
 NORMALIZE = ("softmax", "center")
@@ -60,6 +68,11 @@ def check_config(cfg: dict, where: str) -> None:
         reject_unknown(a or {}, ALM_KEYS, f"{where}: alms.{name}")
         if not (a or {}).get("name_or_path"):
             raise ValueError(f"{where}: alms.{name} needs name_or_path (a hub name or a zoo/ path)")
+        if (a.get("tokenizer") or a.get("msclap")) and not is_msclap(str(a["name_or_path"])):
+            raise ValueError(f"{where}: alms.{name}: tokenizer and msclap apply to an MS-CLAP .pth checkpoint only")
+        reject_unknown(a.get("msclap") or {}, MSCLAP_KEYS, f"{where}: alms.{name}.msclap")
+        reject_unknown((a.get("msclap") or {}).get("features") or {}, set(FRONT_END),
+                       f"{where}: alms.{name}.msclap.features")
     prompts = cfg.get("prompts")
     if isinstance(prompts, dict):
         PromptSet.build(prompts.get("templates"), prompts.get("classes"), list((prompts.get("classes") or {})),
@@ -72,11 +85,15 @@ def check_config(cfg: dict, where: str) -> None:
         raise ValueError(f"{where}: zero_shot.ensemble must be one of {ENSEMBLES}")
     if zs.get("normalize", "softmax") not in NORMALIZE:
         raise ValueError(f"{where}: zero_shot.normalize must be one of {NORMALIZE}")
-    if zs.get("amplify_text_mode", "word") not in TEXT_MODES:
+    if zs.get("amplify_text_mode", TEXT_MODES[0]) not in TEXT_MODES:
         raise ValueError(f"{where}: zero_shot.amplify_text_mode must be one of {TEXT_MODES}")
     ns = _amplify_list(zs)
-    if not all(isinstance(n, int) and n >= 1 for n in ns + [zs.get("amplify_in_fusion", 1)]):
-        raise ValueError(f"{where}: zero_shot.amplify and amplify_in_fusion take integers >= 1")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in ns):
+        raise ValueError(f"{where}: zero_shot.amplify takes integers >= 1")
+    n_fuse = zs.get("amplify_in_fusion", "dev")
+    if n_fuse != "dev" and not (isinstance(n_fuse, int) and not isinstance(n_fuse, bool) and n_fuse >= 1):
+        raise ValueError(f"{where}: zero_shot.amplify_in_fusion is 'dev' (each ALM's N of amplify with the best dev "
+                         f"UAR) or an integer >= 1, got {n_fuse!r}")
     scale = zs.get("scale", "model")
     if scale != "model" and not isinstance(scale, (int, float)):
         raise ValueError(f"{where}: zero_shot.scale is 'model' (the checkpoint's logit scale) or a number")
@@ -95,7 +112,8 @@ def check_config(cfg: dict, where: str) -> None:
         raise ValueError(f"{where}: fusion.headline must be dev or label_free")
     if f.get("dev_fallback") not in (None, "train"):
         raise ValueError(f"{where}: fusion.dev_fallback is 'train' (or unset)")
-    reject_unknown(cfg.get("eval") or {}, {"bootstrap"}, f"{where}: eval")
+    reject_unknown(cfg.get("eval") or {}, EVAL_CI_KEYS, f"{where}: eval")
+    check_ci_unit(cfg.get("eval") or {}, where)
 
 
 def dev_set(cfg: dict, split: Split) -> str:
@@ -144,9 +162,15 @@ class System:
     info: dict
 
 
-def _alm_systems(cfg: dict, split: Split, ctx: TaskContext, labels: list[str], dev: str
-                 ) -> tuple[list[System], dict]:
-    """Every ALM's zero-shot rows; returns (rows, ALM name -> the row that enters fusion)."""
+def _alm_systems(cfg: dict, split: Split, ctx: TaskContext, labels: list[str], dev: str, y_dev: np.ndarray
+                 ) -> tuple[list[System], dict, dict]:
+    """Every ALM's zero-shot rows; returns (rows, ALM name -> the row that enters fusion, the same at N = 1).
+
+    The row entering fusion is the ``zero_shot.ensemble`` row amplified
+    ``amplify_in_fusion`` times; with ``dev``, at the ``N`` of ``{1} + amplify``
+    with the best UAR on ``y_dev`` (ties: the smaller ``N``), chosen as the
+    fusion weights are.
+    """
     from sertk.data.dataset import AudioDataset
     from sertk.features.embedding_cache import cache_key, cached_features
     from sertk.models.clap_zeroshot import ClapZeroShot
@@ -155,14 +179,17 @@ def _alm_systems(cfg: dict, split: Split, ctx: TaskContext, labels: list[str], d
     prompts = _prompts(cfg, labels)
     sets = [dev, *split.tests]
     ns = _amplify_list(zs)
-    n_fuse = int(zs.get("amplify_in_fusion", 1))
+    n_fuse = zs.get("amplify_in_fusion", "dev")
+    fuse_ns = sorted({1, *ns}) if n_fuse == "dev" else [int(n_fuse)]
     ens = zs.get("ensemble", "embedding")
-    rows, for_fusion = [], {}
+    text_mode = zs.get("amplify_text_mode", TEXT_MODES[0])
+    rows, for_fusion, at_one = [], {}, {}
     for name, a in cfg["alms"].items():
-        clap = ClapZeroShot(a["name_or_path"], a.get("revision"), a.get("padding"), ctx.dump / "clap_embeds")
+        clap = ClapZeroShot(a["name_or_path"], a.get("revision"), a.get("padding"), ctx.dump / "clap_embeds",
+                            tokenizer=a.get("tokenizer"), msclap=a.get("msclap"))
         scale = clap.logit_scale if zs.get("scale", "model") == "model" else float(zs["scale"])
         audio = {}
-        for n_audio in sorted({1, n_fuse, *ns} if zs.get("amplify_audio", True) else {1}):
+        for n_audio in sorted({1, *fuse_ns, *ns} if zs.get("amplify_audio", True) else {1}):
             emb = clap.embedder(n_audio)
             key = cache_key(clap.spec(n_audio), clap.digest, clap.sample_rate, None)
             for s in sets:
@@ -172,28 +199,30 @@ def _alm_systems(cfg: dict, split: Split, ctx: TaskContext, labels: list[str], d
                                         batch_size=int(zs.get("batch_size", 1)))
                 audio[n_audio, s] = np.stack([feats[u][0].numpy() for u in ds.utts])
 
-        def scores(ensemble: str, n: int) -> tuple[np.ndarray, dict]:
+        def row(ensemble: str, n: int) -> System:
             n_a = n if zs.get("amplify_audio", True) else 1
             n_t = n if zs.get("amplify_text", True) else 1
             out = {s: _normalize(class_logits(audio[n_a, s], clap.text_embeddings, prompts, labels, ensemble, n_t,
-                                              zs.get("amplify_text_mode", "word"), scale,
-                                              float(zs.get("temperature", 1.0))), zs.get("normalize", "softmax"))
+                                              text_mode, scale, float(zs.get("temperature", 1.0))),
+                                 zs.get("normalize", "softmax"))
                    for s in sets}
-            return out, {"checkpoint": clap.name, "ensemble": ensemble, "amplify_audio": n_a, "amplify_text": n_t,
-                         "scale": round(scale, 4), "temperature": zs.get("temperature", 1.0)}
-
-        variants = [("single", 1), ("embedding", 1), ("score", 1)] + [(ens, n) for n in ns if n > 1]
-        for ensemble, n in dict.fromkeys(variants + [(ens, n_fuse)]):
-            out, info = scores(ensemble, n)
             label = {"single": "single prompt", "embedding": "ensemble (embedding)",
                      "score": "ensemble (score)"}[ensemble] + (f" + amplify x{n}" if n > 1 else "")
-            row = System(f"{name}: {label}", "alm", out[dev], {t: out[t] for t in split.tests},
-                         {"model": name, **info})
-            if (ensemble, n) in variants:
-                rows.append(row)
-            if (ensemble, n) == (ens, n_fuse):
-                for_fusion[name] = row
-    return rows, for_fusion
+            return System(f"{name}: {label}", "alm", out[dev], {t: out[t] for t in split.tests},
+                          {"model": name, "checkpoint": clap.name, "ensemble": ensemble, "amplify_audio": n_a,
+                           "amplify_text": n_t, "amplify_text_mode": text_mode, "scale": round(scale, 4),
+                           "temperature": zs.get("temperature", 1.0)})
+
+        variants = [("single", 1), ("embedding", 1), ("score", 1)] + [(ens, n) for n in ns if n > 1]
+        built = {v: row(*v) for v in dict.fromkeys(variants + [(ens, n) for n in fuse_ns])}
+        rows += [built[v] for v in variants]
+        n_best = max(fuse_ns, key=lambda n: (round(float(uar_of(built[ens, n].dev, y_dev, len(labels))), 10), -n))
+        chosen = built[ens, n_best]
+        for_fusion[name] = System(chosen.name, "alm", chosen.dev, chosen.test,
+                                  {**chosen.info, "amplify_in_fusion": n_best,
+                                   "amplify_chosen_on": "dev" if n_fuse == "dev" else "config"})
+        at_one[name] = built[ens, 1]  # every ensemble's N = 1 row is a variant
+    return rows, for_fusion, at_one
 
 
 def _normalize(logits: np.ndarray, how: str) -> np.ndarray:
@@ -226,11 +255,12 @@ def _fm_systems(cfg: dict, split: Split, ctx: TaskContext, labels: LabelMap, dev
 
 
 def fusion_systems(alms: dict[str, System], fms: list[System], y_dev: np.ndarray, tests: list[str], domain: str,
-                   step: float, rule: str, pairs: bool = True) -> list[System]:
+                   step: float, rule: str, pairs: bool = True, tag: str = "") -> list[System]:
     """Every fusion row: (each ALM + each FM,) all ALMs, all FMs, everything; dev-set and label-free.
 
     Only the dev rows read ``y_dev`` (temperatures, weights); the label-free
-    rows are a function of the logits alone.
+    rows are a function of the logits alone. ``tag`` (e.g. " [ALMs x1]")
+    names an ablation run: its rows leave out the FMs-only group.
     """
     members = list(alms.values()) + list(fms)
     temps = {s.name: calibrate_temperature(s.dev, y_dev) for s in members}
@@ -239,20 +269,20 @@ def fusion_systems(alms: dict[str, System], fms: list[System], y_dev: np.ndarray
         groups += [(f"{a.info['model']} + {f.info['model']}", [a, f]) for a in alms.values() for f in fms]
     if len(alms) > 1:
         groups.append(("ALMs", list(alms.values())))
-    if len(fms) > 1:
+    if len(fms) > 1 and not tag:
         groups.append(("FMs", list(fms)))
     groups.append(("ALMs + FMs", members))
     rows = []
     for gname, group in groups:
         lp_dev = [log_softmax(s.dev, temps[s.name]) for s in group]
         w = dev_weights(lp_dev, y_dev, domain, step)
-        rows.append(System(f"fusion {gname} (dev)", "fusion", fuse(lp_dev, w, domain),
+        rows.append(System(f"fusion {gname}{tag} (dev)", "fusion", fuse(lp_dev, w, domain),
                            {t: fuse([log_softmax(s.test[t], temps[s.name]) for s in group], w, domain)
                             for t in tests},
                            {"members": [s.name for s in group], "rule": "dev", "domain": domain,
                             "weights": [round(float(x), 3) for x in w],
                             "temperatures": [round(temps[s.name], 4) for s in group]}))
-        rows.append(System(f"fusion {gname} (label-free)", "fusion",
+        rows.append(System(f"fusion {gname}{tag} (label-free)", "fusion",
                            fuse_label_free([s.dev for s in group], rule, domain),
                            {t: fuse_label_free([s.test[t] for s in group], rule, domain) for t in tests},
                            {"members": [s.name for s in group], "rule": f"label-free {rule}", "domain": domain}))
@@ -262,14 +292,27 @@ def fusion_systems(alms: dict[str, System], fms: list[System], y_dev: np.ndarray
 # ------------------------------------------------------------------ results --
 
 
-def _row_metrics(scores: np.ndarray, gold: list[str], labels: list[str], n_boot: int) -> dict:
+def _row_metrics(scores: np.ndarray, gold: list[str], labels: list[str], n_boot: int, speakers: list[str],
+                 ci_unit: str) -> dict:
     pred = [labels[i] for i in scores.argmax(1)]
     m = classification_metrics(gold, pred, labels)
     out = {k: float(m[k]) for k in ("uar", "wa", "macro_f1")}
     if n_boot:
         for k in ("uar", "wa", "macro_f1"):
-            out[f"{k}_ci"] = list(bootstrap_ci(gold, pred, k, n_boot=n_boot))
+            out[f"{k}_ci"], out["ci_method"] = interval(gold, pred, k, speakers, ci_unit, n_boot)
     return out
+
+
+def _paired_gain(scores_a: np.ndarray, scores_b: np.ndarray, gold: list[str], labels: list[str], n_boot: int,
+                 speakers: list[str]) -> dict | None:
+    """UAR(A) - UAR(B) on this test set's utterances, paired (the fusion's claim to a gain): sertk's default
+    paired test (speakers resampled; too few speakers: utterances permuted, and the result says so)."""
+    if not n_boot:
+        return None
+    pa, pb = ([labels[i] for i in s.argmax(1)] for s in (scores_a, scores_b))
+    res = paired_test(gold, pa, pb, "uar", speakers, n=n_boot)
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()} | \
+        ({"ci": [round(x, 4) for x in res["ci"]]} if "ci" in res else {})
 
 
 def _posteriors_text(utts: list[str], scores: np.ndarray, labels: list[str]) -> str:
@@ -295,25 +338,29 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         d = DataDir.read(ctx.datadir(s))
         gold[s] = (d.utts, [labels.canonical(d.utt2emo[u]) for u in d.utts])
     y_dev = np.array([labels.index(g) for g in gold[dev][1]])
-    alm_rows, alm_fuse = _alm_systems(cfg, split, ctx, labels.labels, dev)
+    alm_rows, alm_fuse, alm_one = _alm_systems(cfg, split, ctx, labels.labels, dev, y_dev)
     fm_rows = _fm_systems(cfg, split, ctx, labels, dev)
     f = cfg.get("fusion") or {}
-    fusion_rows = fusion_systems(alm_fuse, fm_rows, y_dev, split.tests, f.get("domain", "log"),
-                                 float(f.get("weight_step", 0.1)), f.get("label_free", "entropy"),
-                                 bool(f.get("pairs", True)))
+    fargs = (y_dev, split.tests, f.get("domain", "log"), float(f.get("weight_step", 0.1)),
+             f.get("label_free", "entropy"), bool(f.get("pairs", True)))
+    fusion_rows = fusion_systems(alm_fuse, fm_rows, *fargs)
+    if (cfg.get("zero_shot") or {}).get("amplify_in_fusion", "dev") != 1:  # amplification's share of the fusion
+        fusion_rows += fusion_systems(alm_one, fm_rows, *fargs, tag=" [ALMs x1]")
     rows = alm_rows + fm_rows + fusion_rows
     n_boot = (cfg.get("eval") or {}).get("bootstrap", 1000)
+    ci_unit = (cfg.get("eval") or {}).get("ci_unit", "speaker")
     headline = next(r for r in fusion_rows if r.name == "fusion ALMs + FMs ("
                     + ("label-free" if f.get("headline", "dev") == "label_free" else "dev") + ")")
     written = []
     for test in split.tests:
         utts, g = gold[test]
+        spk = speakers_of(ctx, test, utts)
         outdir = ctx.expdir / "eval" / test
         table = []
         for r in rows:
             dev_uar = float(uar_of(r.dev, y_dev, len(labels.labels)))
             table.append({"system": r.name, "kind": r.kind, "dev_uar": round(dev_uar, 4),
-                          **_row_metrics(r.test[test], g, labels.labels, n_boot), **r.info})
+                          **_row_metrics(r.test[test], g, labels.labels, n_boot, spk, ci_unit), **r.info})
             write_text_atomic(outdir / "posteriors" / f"{_slug(r.name)}.txt",
                               _posteriors_text(utts, r.test[test], labels.labels))
         fm_tab = [t for t in table if t["kind"] == "fm"]
@@ -324,14 +371,18 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
                 "uar_gain_dev_selected": round(best_fus_dev["uar"] - best_fm_dev["uar"], 4),
                 "uar_gain_oracle": round(max(t["uar"] for t in fus_tab) - max(t["uar"] for t in fm_tab), 4),
                 "headline_minus_best_fm_by_dev": round(
-                    next(t["uar"] for t in table if t["system"] == headline.name) - best_fm_dev["uar"], 4)}
+                    next(t["uar"] for t in table if t["system"] == headline.name) - best_fm_dev["uar"], 4),
+                "headline_vs_best_fm_paired": _paired_gain(
+                    headline.test[test], next(r for r in rows if r.name == best_fm_dev["system"]).test[test], g,
+                    labels.labels, n_boot, spk)}
         pred = [labels.labels[i] for i in headline.test[test].argmax(1)]
         extra = {"fold": split.fold, "system": headline.name, "ablation": table, "gain": gain,
                  "alms": {k: v.get("name_or_path") for k, v in cfg["alms"].items()},
                  "fms": {k: probe.encoder_name(v.get("encoder") or {}) for k, v in cfg["fms"].items()},
                  "model_dir": str(ctx.expdir)}
         path, metrics = write_classification(outdir, ctx, split.record(test, ctx.data), utts, g, pred,
-                                             labels.labels, extra, n_boot, np.exp(log_softmax(headline.test[test])))
+                                             labels.labels, extra, n_boot, np.exp(log_softmax(headline.test[test])),
+                                             ci_unit)
         write_json_atomic(outdir / "ablation.json", {"rows": table, "gain": gain})
         written.append(path)
         log.info("%s %s -> %s: %s UAR %.4f (best FM by dev %s %.4f; gain %+.4f)", ctx.name, split.tag, test,

@@ -531,6 +531,16 @@ class Trainer:
             "select_mode": self.cfg.select_mode, "metrics": b["metrics"], "collapsed": reason is not None,
             "collapse_reason": reason})
 
+    def _write_learning_curve(self, state: dict) -> None:
+        """``history.json`` (every epoch's train loss, dev metrics, lr, time) and ``learning_curve.png``."""
+        from sertk.eval.plots import plot_learning_curve  # matplotlib only once training is done
+
+        write_json_atomic(self.expdir / "history.json", {"select_metric": self.cfg.select_metric,
+                                                         "best_epoch": state["best"]["epoch"],
+                                                         "history": state["history"]})
+        plot_learning_curve(state["history"], self.expdir / "learning_curve.png", self.cfg.select_metric,
+                            state["best"]["epoch"], title=f"{self.expdir.parent.name}/{self.expdir.name}")
+
     def load_best(self) -> torch.nn.Module:
         """Load ``expdir/best.safetensors`` (the dev-selected epoch) into the model and return it."""
         return load_weights(self.model, self.expdir / "best.safetensors")
@@ -642,6 +652,7 @@ class Trainer:
         reason = self._collapse_reason(state)
         if self.dist.is_main:
             self._write_best_json(state)  # the verdict needs every epoch: best.json was written before the last
+            self._write_learning_curve(state)
             if reason:
                 log.warning("%s: training did not learn: %s", self.expdir, reason)
         return {"best_epoch": state["best"]["epoch"], "best_metrics": state["best"]["metrics"],

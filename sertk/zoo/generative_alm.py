@@ -6,17 +6,27 @@ Stands in for ``Qwen/Qwen2-Audio-7B-Instruct`` in the concept-token study
 the pool's text, the Qwen2-Audio chat template), so ``sertk.models.generative_alm``
 loads ``zoo/alm`` exactly as it loads the hub model.
 
-Instruction data, built from every pool utterance (its audio is the input):
+Instruction data, built from the pool utterances (their audio is the input):
 
-- *caption*: "Describe how the speaker sounds." -> the pool caption;
 - *emotion*: the stage-10 question (:func:`sertk.models.generative_alm.emotion_prompt`,
-  same instruction and label list) -> the label word, for every utterance
-  without tokens and, for a seeded subset, once more with the utterance's six
-  concept tokens (from its eGeMAPS, with the stage-2 tokenizer code, thresholds
-  fit on that subset), so the model meets both kinds of prompt as
-  instruction-tuned ALMs meet such text.
+  same instruction and label list) -> the label word, for every utterance,
+  **never with concept tokens**;
+- *caption*: "Describe how the speaker sounds." -> the pool caption (for a
+  seeded share), the "language" that links voice words to emotions;
+- *acoustic description* (a seeded subset, ``tokens.utterances``): "Describe the
+  acoustics ..." -> the utterance's six concept levels in words
+  (:func:`describe`: "loud, high-pitched, lively
+  intonation, ..."), asked from the audio alone and, for a seeded ``tokens.share``,
+  also with the token block in the prompt. Tokens come from the utterance's
+  eGeMAPS (stage 2's tokenizer code, thresholds fit on that subset).
 
-eGeMAPS is extracted only for the token-bearing utterances (openSMILE costs
+So the token vocabulary is learned only from audio -> description pairs: no
+example that carries tokens has an emotion label, and aligned tokens helping
+is not built into the stand-in (issue 22, item 12). A real ALM knows what
+"high pitch, loud" means from language; whether this one uses the tokens for
+emotion is what stage 10 measures.
+
+eGeMAPS is extracted only for the described utterances (openSMILE costs
 about 40 ms an utterance on one core) into a store under the work dir, so an
 interrupted build does not extract again.
 
@@ -48,13 +58,55 @@ SPECIALS = ["<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio
 AUDIO = "<|AUDIO|>"
 END = "<|im_end|>"
 UNPARSED = "<unparsed>"
-PROMPT_KEYS = {"caption", "emotion", "token_block", "separator"}
+PROMPT_KEYS = {"caption", "describe", "emotion", "token_block", "separator"}
 DEFAULT_PROMPTS = {
     "caption": "Describe how the speaker sounds.",
+    "describe": "Describe the acoustics of the speech: loudness, pitch, intonation, timbre, vowels and voice quality.",
     "emotion": "What emotion does the speaker express? Answer with one word: {labels}.",
     "token_block": "Acoustic cues: {tokens}.",
     "separator": " ",
 }
+
+
+# The concept levels in plain words: what an acoustic description says (the token vocabulary is learned from these,
+# never from emotion labels). Pitch and intonation words are those of the pool captions; no word is an emotion
+# word (mid brightness is "balanced", not "neutral"). Part of this module, so a change rebuilds the model.
+LEVEL_WORDS = {
+    "energy": {"low": "soft", "mid": "moderately loud", "high": "loud"},
+    "pitch": {"low": "low-pitched", "mid": "medium-pitched", "high": "high-pitched"},
+    "dynamics": {"low": "flat intonation", "mid": "moderately varied intonation", "high": "lively intonation"},
+    "brightness": {"low": "dark timbre", "mid": "balanced timbre", "high": "bright timbre"},
+    "formants": {"low": "closed vowels", "mid": "central vowels", "high": "open vowels"},
+    "voice quality": {"low": "rough voice", "mid": "fairly clear voice", "high": "clear voice"},
+}
+
+
+def level_words(concept: str, level: str) -> str:
+    """A level of a concept in words ("very high" pitch -> "very high-pitched"); an unknown concept or
+    level reads "<level> <concept>"."""
+    words = LEVEL_WORDS.get(concept, {})
+    if level in words:
+        return words[level]
+    if level.startswith("very ") and level[5:] in words:
+        return "very " + words[level[5:]]
+    return f"{level} {concept}"
+
+
+def describe(tokens: dict[str, str]) -> str:
+    """The tokens as an acoustic description: "loud, high-pitched, lively intonation, ..." (concept order)."""
+    return ", ".join(level_words(c, lvl) for c, lvl in tokens.items())
+
+
+def parse_description(text: str, concepts: list[str], levels: list[str]) -> dict[str, str]:
+    """The concept levels a description states (phrases split at commas; phrases naming no level are
+    ignored): the inverse of :func:`describe` for a well-formed description."""
+    lookup = {level_words(c, lvl).lower(): (c, lvl) for c in concepts for lvl in levels}
+    out = {}
+    for phrase in text.lower().split(","):
+        hit = lookup.get(phrase.strip(" ."))
+        if hit and hit[0] not in out:
+            out[hit[0]] = hit[1]
+    return out
 
 
 def check(entry: dict, where: str) -> None:
@@ -134,21 +186,33 @@ def pool_tokens(pool: Pool, utts: list[str], levels: int, nj: int, workdir: Path
 
 def instruction_examples(pool: Pool, tokens: dict[str, dict[str, str]], prompts: dict, share: float,
                          caption_share: float, seed: int) -> list[tuple[str, str, str]]:
-    """(utt, user text, answer): every pool utterance's emotion question without tokens; for a seeded
-    ``share`` of the utterances that have tokens, the same question with them too (same audio, same
-    answer: the model meets both kinds of prompt); for a seeded ``caption_share``, its caption."""
+    """(utt, user text, answer): every pool utterance's emotion question, without tokens; for a seeded
+    ``caption_share``, its caption; every utterance with tokens described in words from its audio and,
+    for a seeded ``share`` of them, once more with its token block in the prompt. No example that carries
+    tokens has an emotion label: the token vocabulary is learned from audio -> description pairs only."""
     rng = np.random.default_rng(seed)
     labels = pool.emotions
     u2e, captions = pool.datadir.utt2emo, pool.field("utt2caption")
     out = []
     for u in pool.utts:
-        question = [None] + ([tokens[u]] if u in tokens and rng.random() < share else [])
-        for toks in question:
-            out.append((u, emotion_prompt(prompts["emotion"], labels, toks, prompts["token_block"],
-                                          prompts["separator"]), u2e[u]))
+        out.append((u, emotion_prompt(prompts["emotion"], labels), u2e[u]))
         if rng.random() < caption_share:
             out.append((u, prompts["caption"], captions[u]))
+        if u in tokens:
+            words = describe(tokens[u])
+            out.append((u, prompts["describe"], words))
+            if rng.random() < share:
+                out.append((u, describe_prompt(prompts, tokens[u]), words))
     return out
+
+
+def describe_prompt(prompts: dict, tokens: dict[str, str] | None = None) -> str:
+    """The acoustic-description question, with the token block after it when ``tokens`` are given."""
+    if tokens is None:
+        return prompts["describe"]
+    from sertk.features.concept_tokens import render
+
+    return prompts["describe"] + prompts["separator"] + prompts["token_block"].format(tokens=render(tokens))
 
 
 class _Examples(torch.utils.data.Dataset):
@@ -322,14 +386,15 @@ def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path, zoo_d
     model.save_pretrained(outdir)
     processor.save_pretrained(outdir)
     dev = dev_figures(outdir, pool, dev_utts, tokens, prompts)
-    plain = emotion_prompt(prompts["emotion"], pool.emotions)
-    n_tok_prompts = sum(1 for _, t, _ in examples if t not in (plain, prompts["caption"]))
+    n_desc = sum(1 for _, t, _ in examples if t.startswith(prompts["describe"]))
+    n_tok_prompts = sum(1 for _, t, _ in examples if t.startswith(prompts["describe"] + prompts["separator"]))
     tower_note = (f"audio tower: zoo/{tower_cfg['init']}'s encoder{' (frozen)' if frozen else ''}; " if whisper_dir
                   else "")
     return {"class": type(model).__name__, "params": count_params(model),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "objective": "instruction tuning on the pool: audio captioning and the emotion question "
-                         f"({n_tok_prompts} of {len(pool.utts)} emotion prompts carry concept tokens)",
+            "objective": "instruction tuning on the pool: the emotion question (never with tokens), audio "
+                         f"captioning, and {n_desc} acoustic descriptions (concept levels in words; {n_tok_prompts} "
+                         "with the token block in the prompt, none with an emotion label)",
             "processor": f"Qwen2AudioProcessor: {fe.feature_size}-bin log-mel, {max_dur:g} s window; "
                          f"byte-level BPE, {len(tokenizer)} tokens; Qwen2-Audio chat template",
             "examples": len(examples),
@@ -341,7 +406,9 @@ def train(name: str, entry: dict, pool: Pool, workdir: Path, outdir: Path, zoo_d
 
 def dev_figures(outdir: Path, pool: Pool, dev_utts: list[str], tokens: dict, prompts: dict) -> dict:
     """Free generation on the pool's dev speakers, loaded back as stage 10 loads it: answers that parse to
-    a class and UAR without tokens; UAR with aligned tokens where the utterance has them."""
+    a class and UAR without tokens, and with aligned tokens where the utterance has them (a prompt the
+    model never met in training); and how many concept levels its acoustic descriptions get right, from
+    the audio alone (``describe_level_acc``; chance 1/levels) and with the token block (``..._tokens``)."""
     from sertk.eval.metrics import classification_metrics
     from sertk.models.generative_alm import GenerativeALM, parse_answer
 
@@ -349,19 +416,33 @@ def dev_figures(outdir: Path, pool: Pool, dev_utts: list[str], tokens: dict, pro
     labels = pool.emotions
     answers = {lab: lab for lab in labels}
     audio = pool.audio(alm.sampling_rate)
-    out = {}
-    for cond, utts in (("none", dev_utts), ("aligned", [u for u in dev_utts if u in tokens])):
-        if not utts:
-            continue
-        preds = []
+    described = [u for u in dev_utts if u in tokens]
+
+    def ask(utts: list[str], text, max_new: int) -> list[str]:
+        out = []
         for i in range(0, len(utts), 32):
             chunk = utts[i:i + 32]
-            texts = [emotion_prompt(prompts["emotion"], labels, tokens[u] if cond == "aligned" else None,
-                                    prompts["token_block"], prompts["separator"]) for u in chunk]
-            preds += [parse_answer(a, answers) for a in alm.generate(texts, [audio[u] for u in chunk], 8)]
+            out += alm.generate([text(u) for u in chunk], [audio[u] for u in chunk], max_new)
+        return out
+
+    out = {}
+    for cond, utts in (("none", dev_utts), ("aligned", described)):
+        if not utts:
+            continue
+        preds = [parse_answer(a, answers) for a in ask(utts, lambda u: emotion_prompt(
+            prompts["emotion"], labels, tokens[u] if cond == "aligned" else None, prompts["token_block"],
+            prompts["separator"]), 8)]
         gold = [pool.datadir.utt2emo[u] for u in utts]
         out[f"parsed_{cond}"] = round(float(np.mean([p is not None for p in preds])), 4)
         # an unparsable answer is an error of its own column, never a guessed class
         m = classification_metrics(gold, [p or UNPARSED for p in preds], labels + [UNPARSED])
         out[f"uar_{cond}"] = round(m["uar"], 4)
+    if described:
+        concepts = list(tokens[described[0]])
+        levels = sorted({lvl for t in tokens.values() for lvl in t.values()})
+        for key, with_tokens in (("describe_level_acc", False), ("describe_level_acc_tokens", True)):
+            said = ask(described, lambda u: describe_prompt(prompts, tokens[u] if with_tokens else None), 40)
+            hits = [parse_description(a, concepts, levels).get(c) == tokens[u][c]
+                    for u, a in zip(described, said) for c in concepts]
+            out[key] = round(float(np.mean(hits)), 4)
     return out
