@@ -277,11 +277,13 @@ def test_learning_curves_are_listed_and_linked(tmp_path):
     root = tmp_path / "exp"
     write_classification(root / "clf/studio/eval/phone_test/results.json", "clf", protocol(), seed=1)
     hist = [{"epoch": e, "train_loss": 1.0 / e, "dev": {"uar": u}} for e, u in ((1, 0.3), (2, 0.6), (3, 0.5))]
-    for rel, collapsed in (("clf/studio", False), ("selm/studio", True), ("clf.old-1/studio", False)):
+    for rel, collapsed in (("clf/studio", False), ("selm/studio", True), ("clf.old-1/studio", False),
+                           ("selm/studio/fewshot/k5", None)):
         d = root / rel
         d.mkdir(parents=True, exist_ok=True)
         (d / "history.json").write_text(json.dumps({"select_metric": "uar", "best_epoch": 2, "history": hist}))
-        (d / "best.json").write_text(json.dumps({"epoch": 2, "metrics": {"uar": 0.6}, "collapsed": collapsed,
+        (d / "best.json").write_text(json.dumps({"epoch": 2, "metrics": {} if collapsed is None else {"uar": 0.6},
+                                                 "collapsed": bool(collapsed),
                                                  "collapse_reason": "dev uar at chance" if collapsed else None}))
         plot_learning_curve(hist, d / "learning_curve.png", "uar", 2)
     text = write_report(root, tmp_path / "RESULTS.md", "t")
@@ -289,4 +291,5 @@ def test_learning_curves_are_listed_and_linked(tmp_path):
     assert "| clf/studio | 3 | 2 | uar 0.600 | learned | [png](exp/clf/studio/learning_curve.png) |" in section
     assert "| selm/studio | 3 | 2 | uar 0.600 | did not learn: dev uar at chance |" in section
     assert "clf.old-1" not in section                     # a run moved aside is not current
+    assert "| selm/studio/fewshot/k5 | 3 | 2 | – (no dev set: last epoch kept) | – (nothing to judge by) |" in section
     assert matplotlib.image.imread(str(root / "clf/studio/learning_curve.png")).shape[0] > 100

@@ -75,6 +75,8 @@ def plot_learning_curve(history: list[dict], out_png, select_metric: str, best_e
     ax_dev.plot(epochs, dev, marker="o", color="tab:blue")
     ax_dev.set_xlabel("epoch")
     ax_dev.set_ylabel(f"dev {select_metric}")
+    if all(np.isnan(v) for v in dev):
+        ax_dev.text(0.5, 0.5, "no dev set", transform=ax_dev.transAxes, ha="center", va="center", color="grey")
     if best_epoch is not None:
         for ax in (ax_loss, ax_dev):
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)

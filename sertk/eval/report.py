@@ -685,9 +685,12 @@ def learning_curve_section(exp_root: Path, out_dir: Path) -> str:
         value = (best.get("metrics") or {}).get(metric)
         png = hist_path.parent / "learning_curve.png"
         link = f"[png]({Path(os.path.relpath(png.resolve(), out_dir)).as_posix()})" if png.is_file() else "–"
-        verdict = f"did not learn: {best['collapse_reason']}" if best.get("collapsed") else "learned"
-        rows.append([rel.as_posix(), str(len(epochs)), str(best.get("epoch")),
-                     f"{metric} {_num(value)}", verdict, link])
+        if not best.get("metrics"):  # e.g. SELM's few-shot adaptation: a fixed number of epochs, no dev set
+            dev, verdict = "– (no dev set: last epoch kept)", "– (nothing to judge by)"
+        else:
+            dev = f"{metric} {_num(value)}"
+            verdict = f"did not learn: {best['collapse_reason']}" if best.get("collapsed") else "learned"
+        rows.append([rel.as_posix(), str(len(epochs)), str(best.get("epoch")), dev, verdict, link])
     if not rows:
         return ""
     return "\n".join(["## Learning curves", "",
