@@ -435,3 +435,20 @@ def configure_csv_import(recipe: Path) -> None:
     text = re.sub(r"source:\n  csv: labels.csv\n", IMPORT_SOURCE, text)
     text = text.replace("lowercase: false", "lowercase: true")
     (recipe / "conf" / "import.yaml").write_text(text)
+
+
+def noise_dataset(root: Path, seconds, n_speakers: int):
+    """An ``AudioDataset`` of 16 kHz noise clips of the given lengths, dealt round-robin to ``n_speakers``
+    speakers (utterance ``spk<i % n>-<i>``): inputs of uneven length for batch-independence checks."""
+    from sertk.data.datadir import DataDir
+    from sertk.data.dataset import AudioDataset
+    rng = np.random.default_rng(0)
+    t = {"wav.scp": {}, "utt2spk": {}}
+    for i, s in enumerate(seconds):
+        u = f"spk{i % n_speakers}-{i:03d}"
+        p = root / "wav" / f"{u}.wav"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(p, (0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32), 16000)
+        t["wav.scp"][u], t["utt2spk"][u] = str(p), f"spk{i % n_speakers}"
+    DataDir(tables=t).write(root / "data")
+    return AudioDataset(root / "data", label_map=None, targets=())

@@ -15,6 +15,7 @@ from sertk.data.audio import utterance_sources
 from sertk.data.datadir import DataDir
 from sertk.data.dataset import AudioDataset, collate_audio
 from sertk.features import embedding_cache as ec
+from fixtures_corpora import noise_dataset
 from zoo_fixtures import TINY_WAV2VEC2
 
 SPEC = {**TINY_WAV2VEC2, "layer": 1}
@@ -23,17 +24,7 @@ SECONDS = [0.9, 0.4, 1.3, 0.6, 0.6, 1.1, 0.3, 0.8, 1.0]
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache_corpus")
-    rng = np.random.default_rng(0)
-    t = {"wav.scp": {}, "utt2spk": {}}
-    for i, s in enumerate(SECONDS):
-        u = f"spk{i % 3}-{i:03d}"
-        p = root / "wav" / f"{u}.wav"
-        p.parent.mkdir(exist_ok=True)
-        sf.write(p, (0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32), 16000)
-        t["wav.scp"][u], t["utt2spk"][u] = str(p), f"spk{i % 3}"
-    DataDir(tables=t).write(root / "data")
-    return AudioDataset(root / "data", label_map=None, targets=())
+    return noise_dataset(tmp_path_factory.mktemp("cache_corpus"), SECONDS, 3)
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,11 @@
 for group-norm encoders too (wav2vec2-base, HuBERT/WavLM base: ``feat_extract_norm: group``)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
 
-from sertk.data.datadir import DataDir
-from sertk.data.dataset import AudioDataset
+from fixtures_corpora import noise_dataset
 from sertk.features import embedding_cache as ec
 from sertk.models.dawn import DawnRegressor
 from sertk.models.encoder import SpeechEncoder, pads_leak
@@ -119,17 +116,7 @@ def test_a_group_norm_teacher_scores_an_utterance_as_alone():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gn_corpus")
-    rng = np.random.default_rng(0)
-    t = {"wav.scp": {}, "utt2spk": {}}
-    for i, s in enumerate([0.5, 3.0, 0.7, 2.2]):
-        u = f"spk{i % 2}-{i:03d}"
-        p = root / "wav" / f"{u}.wav"
-        p.parent.mkdir(exist_ok=True)
-        sf.write(p, (0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32), 16000)
-        t["wav.scp"][u], t["utt2spk"][u] = str(p), f"spk{i % 2}"
-    DataDir(tables=t).write(root / "data")
-    return AudioDataset(root / "data", label_map=None, targets=())
+    return noise_dataset(tmp_path_factory.mktemp("gn_corpus"), [0.5, 3.0, 0.7, 2.2], 2)
 
 
 def _devices():

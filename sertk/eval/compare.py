@@ -15,7 +15,7 @@ from pathlib import Path
 from sertk.data.datadir import DataDir, DataDirError
 from sertk.data.labels import LabelMap
 from sertk.eval.metrics import CLASSIFICATION_BOOT_METRICS, classification_metrics
-from sertk.eval.results import RESULT_FILE, load_result, read_results
+from sertk.eval.results import RESULT_FILE, fold_order, load_result, read_results
 from sertk.eval.significance import MIN_SPEAKERS, approximate_randomization, holm, paired_bootstrap, paired_test
 
 TESTS = ("bootstrap", "permutation")
@@ -82,8 +82,8 @@ def _label_map(conf: Path, name: str) -> LabelMap:
     raise CompareError(f"label map {name!r}: no {conf}/{name}.yaml (give the recipe's conf dir with --conf)")
 
 
-def _gold(result: dict, utts: list[str], data: Path, conf: Path, metric: str) -> tuple[list[str], list[str]]:
-    """(gold label, speaker) per utterance, checked against the figure the result records."""
+def _gold(result: dict, utts: list[str], data: Path, conf: Path) -> tuple[list[str], list[str]]:
+    """(gold label, speaker) per utterance, from the result's test set and label map."""
     proto = result["protocol"]
     try:
         dd = DataDir.read(data / proto["test"])
@@ -109,14 +109,16 @@ def _check_reproduces(result: dict, gold, pred, metric: str) -> None:
                            f"records {float(recorded):.4f}; wrong --data/--conf, or predictions.txt changed")
 
 
-def decisions(result: dict, data: str | Path, conf: str | Path) -> tuple[list[str], list[str], list[str], list[str]]:
+def decisions(result: dict, data: str | Path, conf: str | Path, metric: str = "uar",
+              pred: dict[str, str] | None = None) -> tuple[list[str], list[str], list[str], list[str]]:
     """(utterances, gold labels, predictions, speakers) behind one classification result, checked to
-    reproduce its recorded UAR: what resampling speakers needs (the report's pooled fold intervals)."""
-    pred = _predictions(result)
+    reproduce its recorded ``metric``: what resampling speakers needs (pairs here, the report's pooled
+    fold intervals). ``pred``: its predictions.txt, when already read."""
+    pred = _predictions(result) if pred is None else pred
     utts = sorted(pred)
-    gold, spk = _gold(result, utts, Path(data), Path(conf), "uar")
+    gold, spk = _gold(result, utts, Path(data), Path(conf))
     p = [pred[u] for u in utts]
-    _check_reproduces(result, gold, p, "uar")
+    _check_reproduces(result, gold, p, metric)
     return utts, gold, p, spk
 
 
@@ -127,16 +129,10 @@ def _paired(ra: dict, rb: dict, data: Path, conf: Path, metric: str):
         raise CompareError(f"{ra['path']} and {rb['path']} score different utterances "
                            f"({len(only_a)} only in the first, e.g. {only_a[:2]}; {len(only_b)} only in the second, "
                            f"e.g. {only_b[:2]})")
-    utts = sorted(pa)
-    gold, spk = _gold(ra, utts, data, conf, metric)
-    a, b = [pa[u] for u in utts], [pb[u] for u in utts]
-    _check_reproduces(ra, gold, a, metric)
+    utts, gold, a, spk = decisions(ra, data, conf, metric, pa)
+    b = [pb[u] for u in utts]
     _check_reproduces(rb, gold, b, metric)
     return utts, gold, spk, a, b
-
-
-def _fold_order(fold) -> tuple:
-    return (0, fold, "") if isinstance(fold, (int, float)) else (1, 0, str(fold))
 
 
 def _label(r: dict) -> str:
@@ -184,7 +180,7 @@ def compare(systems: list[str], metric: str = "uar", test: str = "bootstrap", re
     for i, j in pairs:
         per, by_protocol = [], {}
         for pid in sorted(base, key=lambda x: (str(results[i][x]["protocol"].get("protocol")),
-                                               _fold_order(results[i][x]["protocol"].get("fold")), x)):
+                                               fold_order(results[i][x]["protocol"].get("fold")), x)):
             ra, rb = results[i][pid], results[j][pid]
             utts, gold, spk, a, b = _paired(ra, rb, data, conf, metric)
             kind = "single" if ra["protocol"].get("fold") is None else "fold"

@@ -21,7 +21,7 @@ import sertk
 from sertk.common.fileio import hash_obj, is_moved_aside, write_text_atomic
 from sertk.common.stand_ins import card_names
 from sertk.eval.metrics import aggregate_folds, bootstrap_ci, scores_from_confusion
-from sertk.eval.results import ResultsError, read_results, slug
+from sertk.eval.results import ResultsError, fold_order, read_results, slug
 from sertk.export.table import has_students, students_table
 
 # (title, stages): section order of RESULTS.md; stage numbers follow DESIGN.md.
@@ -160,13 +160,8 @@ def _fold_groups(records: list[dict]) -> list[list[dict]]:
     return out
 
 
-def _fold_order(fold) -> tuple:
-    """Numeric folds in numeric order (fold 10 after fold 9), then named ones."""
-    return (0, fold, "") if isinstance(fold, (int, float)) else (1, 0, str(fold))
-
-
 def _fold_row(members: list[dict], data=None, conf=None) -> Row:
-    members = sorted(members, key=lambda r: (_fold_order(r["extra"]["fold"]), r["path"]))
+    members = sorted(members, key=lambda r: (fold_order(r["extra"]["fold"]), r["path"]))
     first = members[0]
     metrics = []
     for r in members:

@@ -158,6 +158,11 @@ def read_results(root) -> list[dict]:
     return [load_result(p) for p in files]
 
 
+def fold_order(fold) -> tuple:
+    """Sort key of fold ids: numeric folds in numeric order (fold 10 after fold 9), then named ones."""
+    return (0, fold, "") if isinstance(fold, (int, float)) else (1, 0, str(fold))
+
+
 def slug(text: str) -> str:
     """A file-name-safe version of ``text``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "result"

@@ -51,7 +51,8 @@ def _unit_confusions(gold, pred, groups, classes) -> np.ndarray:
 
 
 def _point(gold, pred, metric: str, classes) -> float:
-    return float(scores_from_confusion(_unit_confusions(gold, pred, None, classes).sum(0))[metric])
+    """The metric on the whole set: its confusion is that of one unit holding every utterance."""
+    return float(scores_from_confusion(_unit_confusions(gold, pred, [0] * len(gold), classes)[0])[metric])
 
 
 def paired_bootstrap(gold: Sequence, pred_a: Sequence, pred_b: Sequence, metric: str = "uar",

@@ -44,7 +44,7 @@ from sertk.eval.metrics import classification_metrics, interval
 from sertk.eval.significance import holm, paired_test
 from sertk.eval.results import write_result
 from sertk.features import concept_tokens as ct
-from sertk.tasks import EVAL_CI_KEYS, TaskContext, check_ci_unit, label_map_of, reject_unknown, speakers_of
+from sertk.tasks import EVAL_CI_KEYS, TaskContext, check_ci_unit, label_map_of, reject_unknown
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +144,8 @@ def condition_figures(pred: dict[str, list[str]], gold: list[str], labels: list[
         m = classification_metrics(gold, p, cols)
         if n_boot:
             for k in ("uar", "wa", "macro_f1"):
-                if ci_unit == "speaker" and speakers is not None:
-                    m[f"{k}_ci"], m["ci_method"] = interval(gold, p, k, speakers, "speaker", n_boot)
-                else:
-                    m[f"{k}_ci"], m["ci_method"] = interval(gold, p, k, None, "utterance", n_boot)
+                m[f"{k}_ci"], m["ci_method"] = interval(gold, p, k, speakers,
+                                                        ci_unit if speakers is not None else "utterance", n_boot)
         m.update(neutral_figures(m["confusion"], cols, neutral))
         m["prediction_entropy_bits"] = entropy_bits(p, labels)
         m["prediction_entropy_norm"] = m["prediction_entropy_bits"] / np.log2(len(labels))
@@ -271,7 +269,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
             merged = merge_parts(ctx, test, nj, key, utts)
             preds, extras = ({dec: {c: m[dec][c] for c in conditions} for dec in decisions} for m in merged)
         for dec in decisions:
-            figs = condition_figures(preds[dec], gold, labels, neutral, n_boot, speakers_of(ctx, test, utts),
+            figs = condition_figures(preds[dec], gold, labels, neutral, n_boot, [d.utt2spk[u] for u in utts],
                                      (cfg.get("eval") or {}).get("ci_unit", "speaker"))
             for cond, m in figs.items():
                 # utterances whose prompt carries any token other than aligned; slots: (utterance, concept) pairs

@@ -43,7 +43,7 @@ from sertk.export.profile import count_params, macs_per_second, onnx_runtime_pro
 from sertk.models.dawn import AVD_OUTPUTS
 from sertk.models.mobilenet_student import ARCHS, MobileNetStudent
 from sertk.models.wav2small import Wav2Small
-from sertk.tasks import EVAL_CI_KEYS, TaskContext, check_ci_unit, reject_unknown, speakers_of
+from sertk.tasks import EVAL_CI_KEYS, TaskContext, check_ci_unit, reject_unknown
 from sertk.tasks.teacher import collapsed_members, gold_range, load_teacher, scaled_gold, teacher_digest, teacher_info
 from sertk.train.distill import LOSSES, AugmentConfig, DistillDataset, cache_dir, distill_loss, label_with_teacher
 from sertk.train.inference import place, resolve_device, run_model
@@ -318,7 +318,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         utts, (fp32, int8) = runs[test]
         tout = np.stack([touts[(ctx.datadir(test), 0)][(u, 0)] for u in utts])
         gold = scaled_gold(cfg, np.array([ds.datadir.utt2avd[u] for u in utts]))
-        metrics, extra = _test_figures(cfg, int8, fp32, tout, gold, profile, speakers_of(ctx, test, utts))
+        metrics, extra = _test_figures(cfg, int8, fp32, tout, gold, profile, [ds.datadir.utt2spk[u] for u in utts])
         extra = {"fold": split.fold, "role": "student", "model_dir": str(ctx.expdir), "student": info["student"],
                  "teacher": info["teacher"], "scored_model": "onnx int8", "profile": profile, **extra,
                  "collapsed": bool(info.get("collapsed"))}

@@ -69,14 +69,15 @@ def logreg_predict(xs: np.ndarray, z, num_labels: int) -> tuple[np.ndarray, np.n
 
 def write_classification(outdir: Path, ctx: TaskContext, protocol: dict, utts: list[str], gold: list[str],
                          pred: list[str], labels: list[str], extra: dict, n_boot: int = 1000,
-                         probs: np.ndarray | None = None, ci_unit: str = "speaker") -> tuple[Path, dict]:
+                         probs: np.ndarray | None = None, ci_unit: str = "speaker",
+                         speakers: list[str] | None = None) -> tuple[Path, dict]:
     """One test set's metrics (+ UAR bootstrap CI, speakers resampled unless ``ci_unit`` says utterances),
     predictions.txt, scores.txt (posteriors, when given) and results.json: the files the report and score
-    fusion read."""
+    fusion read. ``speakers`` (per utterance) when the caller holds them, else read from the test set."""
     metrics = classification_metrics(gold, pred, labels)
     if n_boot:  # eval.bootstrap: 0 turns the CI off
-        metrics["uar_ci"], metrics["ci_method"] = interval(gold, pred, "uar", speakers_of(ctx, protocol["test"], utts),
-                                                           ci_unit, n_boot)
+        spk = speakers if speakers is not None else speakers_of(ctx, protocol["test"], utts)
+        metrics["uar_ci"], metrics["ci_method"] = interval(gold, pred, "uar", spk, ci_unit, n_boot)
     write_text_atomic(outdir / "predictions.txt", "".join(f"{u} {p}\n" for u, p in zip(utts, pred)))
     if probs is not None:
         write_text_atomic(outdir / "scores.txt", "# utt " + " ".join(labels) + "\n" + "".join(
@@ -155,7 +156,8 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         path, metrics = write_classification(outdir, ctx, protocol, utts, gold, pred, labels.labels,
                                              {"fold": split.fold, "baseline": bool(cfg.get("baseline"))},
                                              cfg.get("eval", {}).get("bootstrap", 1000),
-                                             ci_unit=cfg.get("eval", {}).get("ci_unit", "speaker"))
+                                             ci_unit=cfg.get("eval", {}).get("ci_unit", "speaker"),
+                                             speakers=[d.utt2spk[u] for u in utts])
         written.append(path)
         if "ridge_coef" in z.files and d.has("utt2avd"):
             avd_pred = xs @ z["ridge_coef"].T + z["ridge_intercept"]

@@ -37,7 +37,7 @@ from sertk.models.scoring import DEFAULT_SCORING, check_scoring
 from sertk.models.selm import SELM, build_lm, encode_example
 from sertk.models.text_tokenizer import HFTokenizer, SentencePieceTokenizer, TextTokenizer, load_tokenizer
 from sertk.models.views import LEVELS, SENTIMENTS, VIEW_NAMES, View, make_views, map_gold, view_values
-from sertk.tasks import EVAL_CI_KEYS, TaskContext, check_ci_unit, label_map_of, reject_unknown, speakers_of
+from sertk.tasks import EVAL_CI_KEYS, TaskContext, check_ci_unit, label_map_of, reject_unknown
 from sertk.train.inference import amp_dtype, autocast, model_device, place, to_device
 from sertk.train.trainer import Trainer, TrainConfig, chance_level, load_weights, seed_everything, verdict
 
@@ -431,7 +431,7 @@ def _score_test(env: _Env, model: SELM, tokenizer, test: str, outdir: Path, name
     pred = [v[0] for v in r["views"]["categorical"]]
     metrics = classification_metrics(gold, pred, classes)
     if ev.get("bootstrap", 1000):
-        metrics["uar_ci"], metrics["ci_method"] = interval(gold, pred, "uar", speakers_of(env.ctx, test, r["utts"]),
+        metrics["uar_ci"], metrics["ci_method"] = interval(gold, pred, "uar", [dd.utt2spk[u] for u in r["utts"]],
                                                            ev.get("ci_unit", "speaker"), ev.get("bootstrap", 1000))
     extra = {**extra, "dropped_unmapped": len(dropped), "scoring": model.scoring, "views": _view_scores(env, dd, r),
              **_baseline_gain(cfg, env.split, test, metrics)}

@@ -23,7 +23,7 @@ from sertk.eval.results import write_result
 from sertk.models.encoder import SPEC_KEYS
 from sertk.models.classifier import SpeechClassifier
 from sertk.tasks import (CROP_KEYS, EVAL_CI_KEYS, TaskContext, audio_crop, check_ci_unit, label_map_of,
-                         reject_unknown, speakers_of)
+                         reject_unknown)
 from sertk.train.losses import ccc_loss
 from sertk.train.distributed import env_info
 from sertk.train.inference import place, predict, run_model
@@ -155,7 +155,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
             metrics = regression_metrics(out, gold, AVD_NAMES)
             if n_boot:
                 metrics["ccc_mean_ci"], metrics["ci_method"] = interval(
-                    gold, out, "ccc_mean", speakers_of(ctx, test, utts), ci_unit, n_boot)
+                    gold, out, "ccc_mean", [ds.datadir.utt2spk[u] for u in utts], ci_unit, n_boot)
             write_text_atomic(outdir / "predictions.txt",
                               "".join(f"{u} {' '.join(f'{v:.5f}' for v in row)}\n" for u, row in zip(utts, out)))
             path = outdir / "results.json"
@@ -167,7 +167,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
             metrics = classification_metrics(gold, pred, labels.labels)
             if n_boot:
                 metrics["uar_ci"], metrics["ci_method"] = interval(
-                    gold, pred, "uar", speakers_of(ctx, test, utts), ci_unit, n_boot)
+                    gold, pred, "uar", [ds.datadir.utt2spk[u] for u in utts], ci_unit, n_boot)
             probs = torch.softmax(torch.from_numpy(out), 1).numpy()
             write_text_atomic(outdir / "predictions.txt", "".join(f"{u} {p}\n" for u, p in zip(utts, pred)))
             write_text_atomic(outdir / "scores.txt", "# utt " + " ".join(labels.labels) + "\n" + "".join(

@@ -23,8 +23,7 @@ from sertk.eval.metrics import interval, regression_metrics
 from sertk.eval.results import write_result
 from sertk.models.encoder import SPEC_KEYS
 from sertk.models.dawn import AVD_OUTPUTS, DawnRegressor, EnsembleTeacher, load_released
-from sertk.tasks import (CROP_KEYS, EVAL_CI_KEYS, TaskContext, audio_crop, check_ci_unit, reject_unknown,
-                         speakers_of)
+from sertk.tasks import CROP_KEYS, EVAL_CI_KEYS, TaskContext, audio_crop, check_ci_unit, reject_unknown
 from sertk.tasks.speech_classifier import length_buckets
 from sertk.train.inference import place, predict, run_model
 from sertk.train.losses import ccc_loss
@@ -189,7 +188,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
         n_boot = (cfg.get("eval") or {}).get("bootstrap", 1000)
         if n_boot:
             metrics["ccc_mean_ci"], metrics["ci_method"] = interval(
-                gold, out, "ccc_mean", speakers_of(ctx, test, utts), (cfg.get("eval") or {}).get("ci_unit", "speaker"),
+                gold, out, "ccc_mean", [ds.datadir.utt2spk[u] for u in utts], (cfg.get("eval") or {}).get("ci_unit", "speaker"),
                 n_boot)
         metrics["params"] = sum(p.numel() for p in teacher.parameters())
         outdir = ctx.expdir / "eval" / test

@@ -46,7 +46,7 @@ from sertk.fusion.late_fusion import (DOMAINS, LABEL_FREE, calibrate_temperature
                                       fuse_label_free, log_softmax, uar_of)
 from sertk.models.clap_zeroshot import ENSEMBLES, TEXT_MODES, PromptSet, class_logits, is_msclap
 from sertk.models.msclap_loader import FRONT_END
-from sertk.tasks import EVAL_CI_KEYS, TaskContext, check_ci_unit, reject_unknown, speakers_of
+from sertk.tasks import EVAL_CI_KEYS, TaskContext, check_ci_unit, reject_unknown
 
 log = logging.getLogger(__name__)
 ALM_KEYS = {"name_or_path", "revision", "padding", "tokenizer", "msclap"}
@@ -336,7 +336,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
     gold = {}
     for s in [dev, *split.tests]:
         d = DataDir.read(ctx.datadir(s))
-        gold[s] = (d.utts, [labels.canonical(d.utt2emo[u]) for u in d.utts])
+        gold[s] = (d.utts, [labels.canonical(d.utt2emo[u]) for u in d.utts], [d.utt2spk[u] for u in d.utts])
     y_dev = np.array([labels.index(g) for g in gold[dev][1]])
     alm_rows, alm_fuse, alm_one = _alm_systems(cfg, split, ctx, labels.labels, dev, y_dev)
     fm_rows = _fm_systems(cfg, split, ctx, labels, dev)
@@ -353,8 +353,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
                     + ("label-free" if f.get("headline", "dev") == "label_free" else "dev") + ")")
     written = []
     for test in split.tests:
-        utts, g = gold[test]
-        spk = speakers_of(ctx, test, utts)
+        utts, g, spk = gold[test]
         outdir = ctx.expdir / "eval" / test
         table = []
         for r in rows:
@@ -382,7 +381,7 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
                  "model_dir": str(ctx.expdir)}
         path, metrics = write_classification(outdir, ctx, split.record(test, ctx.data), utts, g, pred,
                                              labels.labels, extra, n_boot, np.exp(log_softmax(headline.test[test])),
-                                             ci_unit)
+                                             ci_unit, spk)
         write_json_atomic(outdir / "ablation.json", {"rows": table, "gain": gain})
         written.append(path)
         log.info("%s %s -> %s: %s UAR %.4f (best FM by dev %s %.4f; gain %+.4f)", ctx.name, split.tag, test,

@@ -207,12 +207,9 @@ def instruction_examples(pool: Pool, tokens: dict[str, dict[str, str]], prompts:
 
 
 def describe_prompt(prompts: dict, tokens: dict[str, str] | None = None) -> str:
-    """The acoustic-description question, with the token block after it when ``tokens`` are given."""
-    if tokens is None:
-        return prompts["describe"]
-    from sertk.features.concept_tokens import render
-
-    return prompts["describe"] + prompts["separator"] + prompts["token_block"].format(tokens=render(tokens))
+    """The acoustic-description question, with the token block after it when ``tokens`` are given (built as
+    the emotion question builds its block: :func:`sertk.models.generative_alm.emotion_prompt`)."""
+    return emotion_prompt(prompts["describe"], [], tokens, prompts["token_block"], prompts["separator"])
 
 
 class _Examples(torch.utils.data.Dataset):
