@@ -23,6 +23,7 @@ SMALL = " ".join([
     "--set domains.studio.speakers.test=2", "--set domains.studio.utts_per_speaker=8",
     "--set domains.phone.speakers.train=4", "--set domains.phone.speakers.dev=2",
     "--set domains.phone.speakers.test=2", "--set domains.phone.utts_per_speaker=8",
+    "--set domains.studio.added_speakers.test=0", "--set domains.phone.added_speakers.test=0",
 ])
 PREPARE = ("python3 -m sertk.bin.make_synth_corpus --config conf/synth.yaml --out-audio downloads/audio "
            f"--out-data data {SMALL}")
@@ -66,19 +67,24 @@ def results(recipe: Path) -> dict[str, dict]:
 
 def test_every_config_protocol_and_test_set_has_results(recipe):
     res = results(recipe)
-    for cfg in ("egemaps_lr", "egemaps_lr_spknorm", "probe_whisper", "classifier", "selm"):
+    # SELM trains three seeds (conf/selm.yaml seeds:), each in its own dir, each result naming its seed
+    runs = [(cfg, "") for cfg in ("egemaps_lr", "egemaps_lr_spknorm", "probe_whisper", "classifier")]
+    runs += [("selm", f"/seed{s}") for s in (0, 1, 2)]
+    for cfg, seed_dir in runs:
         for proto, tests in (("studio", ("studio_test", "phone_test")), ("phone", ("phone_test", "studio_test"))):
             for t in tests:
-                r = res[f"{cfg}/{proto}/eval/{t}/results.json"]
+                r = res[f"{cfg}/{proto}{seed_dir}/eval/{t}/results.json"]
+                assert not seed_dir or r["seed"] == int(seed_dir[len("/seed"):])
                 assert r["task"] == "classification" and r["stage"] == 4
                 assert r["protocol"]["train"] == f"{proto}_train" and r["protocol"]["test"] == t
                 assert "corpus=mini_emo" in r["protocol_id"]
                 assert 0.0 <= r["metrics"]["uar"] <= 1.0 and len(r["metrics"]["uar_ci"]) == 2
     for proto, test in (("studio", "phone_test"), ("phone", "studio_test")):
         for k in (1, 5, 10, 20):
-            r = res[f"selm/{proto}/fewshot/{test}/k{k}/eval/{test}/results.json"]
+            r = res[f"selm/{proto}/seed0/fewshot/{test}/k{k}/eval/{test}/results.json"]
             assert r["name"] == f"selm_fewshot_k{k}" and r["stage"] == 4
-        assert "relative_gain_uar" in res[f"selm/{proto}/eval/{test}/results.json"]["extra"]
+        assert "relative_gain_uar" in res[f"selm/{proto}/seed0/eval/{test}/results.json"]["extra"]
+    assert not any(k.startswith(("selm/studio/eval", "selm/phone/eval")) for k in res)  # only seed dirs
     r = res["regressor/studio/eval/studio_test/results.json"]
     assert r["task"] == "regression" and r["stage"] == 8
     assert set(r["metrics"]["ccc"]) == {"arousal", "valence", "dominance"}
@@ -124,6 +130,7 @@ def test_report_has_a_table_per_stage_and_plots(recipe):
     md = (recipe / "exp" / "RESULTS.md").read_text()
     assert "egemaps_lr_spknorm" in md and "classifier" in md and "regressor" in md
     assert "chance" in md.lower() and "majority" in md.lower()
+    assert "(3 seeds)" in md and "Repeated seeds" in md  # SELM's three seeds: mean ± sd and each seed
     plots = list((recipe / "exp" / "plots").glob("*.png"))
     assert plots and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
 

@@ -135,12 +135,13 @@ def test_compare_refuses_mismatched_test_lists_and_unreproducible_gold(tmp_path,
     err = capsys.readouterr().err
     assert "score different utterances" in err and "exp/short/fold2" in err
     # a system tested on one fold only: its protocol ids do not match
-    # a system's A/V/D results beside its categorical ones are left out, not refused
+    # a system's A/V/D results beside its categorical ones are kept under their own task (paired in CCC with
+    # another system's A/V/D results); a system without any is compared on classification alone
     reg = tmp_path / "exp" / "good" / "fold1" / "eval" / "fold1_test" / "avd" / "results.json"
     write_result(reg, stage=3, name="good_ridge", task="regression", metrics={"ccc_mean": 0.5},
                  protocol={"corpus": "c", "protocol": "p", "fold": 1, "scheme": "2 folds", "train": "fold1_train",
                            "test": "fold1_test", "label_map": "labels", "hash": "h1"}, extra={"fold": 1})
-    assert len(compare_lib.system_results("exp/good")) == 2
+    assert sorted(k[0] for k in compare_lib.system_results("exp/good")) == ["classification"] * 2 + ["regression"]
     _write_system(tmp_path, "one", folds[:1], "b")
     assert compare_cli.main(["exp/good", "exp/one", "--n", "100"]) == 1
     assert "not tested on the same test lists" in capsys.readouterr().err

@@ -37,7 +37,8 @@ RECIPE = ROOT / "egs" / "mini_emo"
 SER = ["selm", "egemaps_lr", "probe_w2v"]
 CORPUS = ["domains.studio.speakers.train=3", "domains.studio.speakers.dev=2", "domains.studio.speakers.test=2",
           "domains.studio.utts_per_speaker=4", "domains.phone.speakers.train=3", "domains.phone.speakers.dev=2",
-          "domains.phone.speakers.test=2", "domains.phone.utts_per_speaker=4"]
+          "domains.phone.speakers.test=2", "domains.phone.utts_per_speaker=4",
+          "domains.studio.added_speakers.test=0", "domains.phone.added_speakers.test=0"]
 POOL = ["pretrain.speakers=4", "pretrain.utts_per_speaker=4"]
 TIMING = re.compile(r"(seconds|_s|_ms|rtf.*|latency.*|ram.*)$")  # wall-clock figures: never comparable
 

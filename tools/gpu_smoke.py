@@ -26,7 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ["domains.studio.speakers.train=4", "domains.studio.speakers.dev=2", "domains.studio.speakers.test=2",
           "domains.studio.utts_per_speaker=8", "domains.phone.speakers.train=4", "domains.phone.speakers.dev=2",
-          "domains.phone.speakers.test=2", "domains.phone.utts_per_speaker=8"]
+          "domains.phone.speakers.test=2", "domains.phone.utts_per_speaker=8",
+          "domains.studio.added_speakers.test=0", "domains.phone.added_speakers.test=0"]
 POOL = ["pretrain.speakers=4", "pretrain.utts_per_speaker=8"]
 # probe_w2v / probe_wavlm are not in the default demo: they keep the Wav2Vec2 and WavLM paths (and stage 0 builds
 # those zoo models because they name them); everything else runs on the real Whisper tiny.en
@@ -67,6 +68,7 @@ def scratch_recipe(work: Path, device: str) -> Path:
     selm = yaml.safe_load((dst / "conf" / "selm.yaml").read_text())  # few-shot: two sizes, one epoch each
     selm["fewshot"]["k"] = selm["fewshot"]["k"][:2]
     selm["fewshot"].setdefault("train", {})["epochs"] = 1
+    selm["seeds"] = selm.get("seeds", [0])[:2]  # repeated seeds: two are enough to run the path
     (dst / "conf" / "selm.yaml").write_text(yaml.safe_dump(selm, sort_keys=False))
     # the real recipes' teacher: a released checkpoint dir (config.json + weights), loaded as is
     released = yaml.safe_load((dst / "conf" / "teacher.yaml").read_text())
@@ -114,10 +116,11 @@ def check(recipe: Path, device: str) -> list[str]:
     problems = []
     exp = recipe / "exp"
     for cfg in SER + ICL + ZSFUSE:
+        seeds = yaml.safe_load((recipe / "conf" / f"{cfg}.yaml").read_text()).get("seeds")
         for proto, tests in (("studio", ("studio_test", "phone_test")), ("phone", ("phone_test", "studio_test"))):
-            for t in tests:
-                if not (exp / cfg / proto / "eval" / t / "results.json").is_file():
-                    problems.append(f"missing {cfg}/{proto}/eval/{t}/results.json")
+            for t, run in ((t, f"{proto}/seed{s}" if seeds else proto) for t in tests for s in (seeds or [None])):
+                if not (exp / cfg / run / "eval" / t / "results.json").is_file():
+                    problems.append(f"missing {cfg}/{run}/eval/{t}/results.json")
     for cfg in DISTILL:
         protos = yaml.safe_load((recipe / "conf" / f"{cfg}.yaml").read_text()).get("protocols") or ["studio", "phone"]
         for proto in protos:

@@ -45,6 +45,8 @@ token_nj=1                # stage 10: parts each test set is cut into, one ALM p
                           # Slurm array task each with --slurm-opts); the merged results are those of one job
 compare_config=conf/compare.yaml  # stage 11: the paired comparisons to test (when the file exists; docs/metrics.md)
 overrides=                # config overrides for stages 3-10, e.g. "train.epochs=2 train.lr=1e-4"
+seeds=                    # stages 3-8: train and evaluate every config once per seed, e.g. 0,1,2 (into <split>/seed<N>/;
+                          # overrides a config's seeds:); the report gives mean ± sd over seeds (docs/metrics.md)
 redo=false                # true: run selected stages even when up to date
 python=python3            # python interpreter with sertk installed
 train_launcher=           # e.g. "torchrun --standalone --nproc_per_node=4": DDP training (stages 3, 5, 7)
@@ -214,7 +216,7 @@ named_exps() {
 
 # run_one_config STAGE ACTION ENTRY: train or evaluate one config on every protocol of its protocols file.
 run_one_config() {
-  local num=$1 action=$2 entry=$3 c p tag launcher deps fresh=()
+  local num=$1 action=$2 entry=$3 c p tag launcher deps fresh=() seed_args=()
   launcher="$python"
   [ "$action" = train ] && [ -n "$train_launcher" ] && launcher=$train_launcher
   # --redo true retrains from scratch (the old run is moved aside, see docs/trainer.md)
@@ -227,6 +229,8 @@ run_one_config() {
     [ -z "$slurm_opts" ] || fresh+=(--run-arg=--set --run-arg="eval.slurm_opts=$slurm_opts")
   fi
   c=$(config_of "$entry"); p=$(protocols_of "$entry"); tag=$(basename "$c" .yaml)
+  # --seeds: the training stages and their evaluations (zero-shot stages 9-10 train nothing seeded)
+  [ -z "$seeds" ] || [ "$num" -gt 8 ] || seed_args=(--seeds "$seeds")
   if [ "$p" != "$protocols" ]; then  # multi-corpus sets: name unprepared sibling recipes, not a missing dir
     "$python" -m sertk.bin.build_multicorpus --protocols "$p" --data "$data" --list-inputs >/dev/null || return 1
   fi
@@ -252,11 +256,11 @@ run_one_config() {
               [ ! -f "$d/zoo.json" ] || printf ' %s' "$d/zoo.json"; done)
   fi
   run_stage "$num" "${action}_${tag}" "$c $p $data $dump/egemaps $deps" "$exp/$tag" \
-    "corpus=$corpus sample_rate=$sample_rate overrides=$overrides${SERTK_ZOO:+ stand_ins=$SERTK_ZOO}" \
+    "corpus=$corpus sample_rate=$sample_rate overrides=$overrides${seed_args[*]:+ seeds=$seeds}${SERTK_ZOO:+ stand_ins=$SERTK_ZOO}" \
     "${fresh[@]+"${fresh[@]}"}" -- \
     $launcher -m sertk.bin.$action --config "$c" --protocols "$p" --data "$data" \
       --dump "$dump" --exp "$exp/$tag" --corpus "$corpus" --sample-rate "$sample_rate" --stage "$num" \
-      --threads "$job_threads" "${set_args[@]+"${set_args[@]}"}"
+      --threads "$job_threads" "${seed_args[@]+"${seed_args[@]}"}" "${set_args[@]+"${set_args[@]}"}"
 }
 
 # run_configs STAGE ACTION CONFIGS: every config of the list, --config-jobs at a time, started in

@@ -4,7 +4,9 @@
   sertk compare 'exp/selm/*/eval' 'exp/classifier/*/eval' --common     # patterns: quote them
 
 Each SYSTEM is a results.json, an eval dir, any dir holding them, or a glob
-pattern of these. Results pair up by protocol id; a system whose test lists
+pattern of these. Results pair up by protocol id and task (classification
+in UAR, A/V/D regression in CCC, unless --metric picks one), and a system's
+repeated training seeds pair seed by seed with the other's; a system whose test lists
 differ from the first's is refused, naming them (``--common``: pair the test
 sets they share). Every later system is compared with the first
 (``--all-pairs``: every pair), per test set and pooled over a protocol's
@@ -23,6 +25,7 @@ from sertk.common.fileio import write_json_atomic
 from sertk.data.labels import LabelError
 from sertk.eval.compare import MIN_SPEAKERS, TESTS, CompareError, compare, format_rows
 from sertk.eval.metrics import CLASSIFICATION_BOOT_METRICS
+from sertk.eval.significance import CCC_METRICS
 from sertk.eval.results import ResultsError
 
 
@@ -30,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sertk compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("systems", nargs="+", help="results.json files or dirs of results, the first is the reference")
-    p.add_argument("--metric", default="uar", choices=CLASSIFICATION_BOOT_METRICS)
+    p.add_argument("--metric", default=None,
+                   help=f"{', '.join(CLASSIFICATION_BOOT_METRICS + CCC_METRICS)} or ccc_<dim> (arousal, valence, "
+                        "dominance): test only results of its task; default: classification in uar, A/V/D in ccc "
+                        "(the mean CCC over dimensions)")
     p.add_argument("--test", default="bootstrap", choices=TESTS,
                    help="paired bootstrap (difference interval + p) or approximate randomisation (p)")
     p.add_argument("--resample", default="speaker", choices=("speaker", "utterance"),

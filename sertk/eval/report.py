@@ -64,6 +64,8 @@ class Row:
     undefined: dict = field(default_factory=dict)     # CCC dim -> folds where it is undefined ([] for a single result)
     extra: dict = field(default_factory=dict)         # results.json extra of a single result (e.g. an ICL k-curve)
     pooled: dict = field(default_factory=dict)        # folds: metric -> (value, lo, hi) over all folds' utterances
+    seeds: list[int] = field(default_factory=list)    # repeated seeds: metrics are their mean, std their sd
+    seed_rows: list = field(default_factory=list)     # the row of each seed, in seed order
 
     @property
     def label(self) -> str:
@@ -126,7 +128,8 @@ def _single_row(r: dict) -> Row:
 def _fold_key(r: dict) -> tuple:
     p = r["protocol"]
     return (r["stage"], r["name"], r["task"], p["corpus"], p.get("protocol") or "", p["scheme"],
-            str(p["label_map"]), tuple(r.get("labels") or ()), bool((r.get("extra") or {}).get("baseline")))
+            str(p["label_map"]), tuple(r.get("labels") or ()), bool((r.get("extra") or {}).get("baseline")),
+            r.get("seed"))
 
 
 def _fold_groups(records: list[dict]) -> list[list[dict]]:
@@ -256,6 +259,57 @@ def _speaker_decisions(members: list[dict], data, conf) -> tuple[list, list, lis
     return gold, pred, spk
 
 
+SEED_DIR = re.compile(r"(?<=/)seed\d+(?=/)")  # <split>/seed<N>/: sertk.tasks.runner's per-seed dirs
+
+
+def _seed_group_key(row: Row) -> tuple:
+    """What a row is apart from its seed: model, protocol, folds and its file's place with seed<N>/ blanked."""
+    return (row.section, row.stage, row.name, row.task, row.protocol_id, tuple(row.folds),
+            SEED_DIR.sub("seed*", Path(row.paths[0]).as_posix()))
+
+
+def _seeds_row(rows: list[Row], seeds: list[int]) -> Row:
+    """One row for the runs of several seeds: each metric's mean and sd (ddof=1) over the seeds; the
+    seeds' own rows (with their intervals) are kept for the report's seed table."""
+    rows = [r for _, r in sorted(zip(seeds, rows), key=lambda t: t[0])]
+    agg = aggregate_folds([{**r.metrics, **({"confusion": r.confusion} if r.confusion is not None else {})}
+                           for r in rows])
+    first = rows[0]
+    metrics = dict(agg["mean"])
+    for key in ("n", "dims"):
+        if key in first.metrics:
+            metrics[key] = first.metrics[key]  # the same test set each seed
+    undefined: dict[str, list] = {}
+    for r in rows:
+        for d, where in r.undefined.items():
+            undefined.setdefault(d, []).extend(where)
+    return Row(stage=first.stage, name=first.name, task=first.task, protocol=first.protocol,
+               protocol_id=first.protocol_id, metrics=metrics, labels=first.labels, confusion=agg.get("confusion"),
+               paths=[p for r in rows for p in r.paths], folds=first.folds, fold_ids=first.fold_ids,
+               std=agg["std"], section=first.section, collapsed=any(r.collapsed for r in rows),
+               undefined=undefined, extra=first.extra, seeds=sorted(seeds), seed_rows=rows)
+
+
+def merge_seeds(rows: list[tuple[Row, int | None]]) -> list[Row]:
+    """Rows that differ only in their training seed become one (``_seeds_row``); two results of one
+    seed and place are an error naming both files."""
+    groups: dict[tuple, list[tuple[Row, int | None]]] = {}
+    for row, seed in rows:
+        groups.setdefault(_seed_group_key(row), []).append((row, seed))
+    out = []
+    for members in groups.values():
+        seeds = [s for _, s in members]
+        if len(members) == 1 or None in seeds:
+            out += [r for r, _ in members]
+            continue
+        if len(set(seeds)) != len(seeds):
+            dup = sorted({s for s in seeds if seeds.count(s) > 1})[0]
+            raise ResultsError(f"two results of seed {dup} for {members[0][0].name} ({members[0][0].protocol_id}): "
+                               + " and ".join(r.paths[0] for r, s in members if s == dup))
+        out.append(_seeds_row([r for r, _ in members], seeds))
+    return out
+
+
 def build_rows(records: list[dict], data=None, conf=None) -> list[Row]:
     singles = [r for r in records if (r.get("extra") or {}).get("fold") is None]
     folded = [r for r in records if (r.get("extra") or {}).get("fold") is not None]
@@ -263,7 +317,7 @@ def build_rows(records: list[dict], data=None, conf=None) -> list[Row]:
     rows += [(_fold_row(g, data, conf), g[0]) for g in _fold_groups(folded)]
     for row, record in rows:
         row.section = group_title(record)
-    return [row for row, _ in rows]
+    return merge_seeds([(row, record.get("seed")) for row, record in rows])
 
 
 # ---------------------------------------------------------------- formatting
@@ -285,6 +339,8 @@ def _cell(row: Row, key: str, sub: str | None = None) -> str:
         s = s.get(sub) if isinstance(s, dict) else None
     if not isinstance(m, (int, float)) or isinstance(m, bool):
         return "–"
+    if row.seeds:
+        return f"{m:.3f} ± {_num(s)} ({len(row.seeds)} seeds)"
     if row.folds:
         pooled = row.pooled.get(key) if sub is None else None
         if pooled and pooled[1] is not None:
@@ -432,6 +488,28 @@ def _generic_table(rows: list[Row]) -> str:
     return _table(["result", "protocol", "n"] + keys, body)
 
 
+def seeds_table(rows: list[Row]) -> list[str]:
+    """Rows of repeated seeds: the mean ± sd over seeds beside each seed's own figure and interval."""
+    seeded = [r for r in rows if r.seeds]
+    if not seeded:
+        return []
+    body = []
+    for r in seeded:
+        key = "uar" if r.task == "classification" else "ccc_mean" if r.task == "regression" else None
+        if key is None:
+            continue
+        values = [x.metrics.get(key) for x in r.seed_rows]
+        spread = [v for v in values if isinstance(v, (int, float))]
+        body.append([r.label, r.short_protocol, key, _cell(r, key),
+                     f"{min(spread):.3f}–{max(spread):.3f}" if spread else "–"]
+                    + ["; ".join(f"seed {s}: {_cell(x, key)}" for s, x in zip(r.seeds, r.seed_rows))])
+    if not body:
+        return []
+    return ["", "Repeated seeds (each seed trains the model again on the same split; the table's figure is "
+            "the mean ± sd over seeds, each seed's interval beside it):", "",
+            _table(["result", "protocol", "metric", "mean ± sd", "range", "per seed"], body)]
+
+
 def _plot_rows(rows: list[Row], plot_dir: Path) -> None:
     from sertk.eval.plots import plot_confusion  # matplotlib only when plotting
 
@@ -442,7 +520,8 @@ def _plot_rows(rows: list[Row], plot_dir: Path) -> None:
         head = r.protocol.get("protocol") or r.protocol["scheme"]
         tail = "folds" if r.folds else str(r.protocol["test"])
         fname = f"stage{r.stage}_{slug(r.name)}_{slug(str(head))}_{slug(tail)}_{protocol_hash_of(r.protocol_id)}.png"
-        title = f"{r.label}: {r.short_protocol}" + (" (summed over folds)" if r.folds else "")
+        title = f"{r.label}: {r.short_protocol}" + (" (summed over folds)" if r.folds else "") + (
+            f" (summed over {len(r.seeds)} seeds)" if r.seeds else "")
         r.plot = plot_confusion(r.confusion, labels, plot_dir / fname, title)
 
 
@@ -471,8 +550,28 @@ def _kcurve_sections(rows: list[Row], out_dir: Path) -> list[str]:
                 "personalisation; spk_norm: enrolment-statistics normalisation; finetune: SI classifier tuned on "
                 "the pairs; ncm: nearest-class-mean mixed with SI. The row above is "
                 f"{head.get('method')} at k={head.get('k')} ({head.get('condition')}), pooled over draws.", "",
-                markdown_table(curve)]
+                markdown_table(curve), *_icl_paired_lines(r.extra.get("paired"))]
     return out
+
+
+def _icl_paired_lines(paired: dict | None) -> list[str]:
+    """ICL's headline against ICL at k = 0 and each baseline at the same k, paired on the same (draw, query)
+    decisions (sertk.tasks.icl.paired_vs_references), as a compact table under its k-curve."""
+    if not paired or not paired.get("vs"):
+        return []
+    k = paired.get("k")
+    lines = ["", f"{paired.get('method')} at k={k} ({paired.get('condition')}) minus each reference, UAR on the same "
+             "queries of the same draws; p (Holm) corrected across these rows. (u): fewer test speakers than a "
+             "speaker-level test needs: queries permuted (each with all its draws), p holds for these utterances only.",
+             "", "| reference | ICL - reference [95% CI] | p | p (Holm) |", "|---|---|---|---|"]
+    for ref, res in paired["vs"].items():
+        ci = f" [{_signed(res['ci'][0])}, {_signed(res['ci'][1])}]" if res.get("ci") else ""
+        mark = " (u)" if res.get("note") else ""
+        name = f"{ref} (k=0)" if ref == "icl_k0" else f"{ref} (k={k})"
+        lines.append(f"| {name} | {_signed(res.get('diff'))}{ci} | {res.get('p', 1):.4f}{mark} | "
+                     f"{res.get('p_holm', 1):.4f}{mark}" + (" **significant**" if res.get("p_holm", 1) < 0.05 else "")
+                     + " |")
+    return lines
 
 
 def render(rows: list[Row], title: str, exp_root: Path, out_dir: Path, n_files: int) -> str:
@@ -480,7 +579,8 @@ def render(rows: list[Row], title: str, exp_root: Path, out_dir: Path, n_files: 
              f"Generated by sertk {sertk.__version__} (stage 11) from {n_files} results.json file(s) under "
              f"`{exp_root}`. Figures are fractions; `a [lo, hi]` is a 95% bootstrap confidence interval that "
              "resamples test speakers unless the result's `ci_method` says utterances; `m ± s` is the mean ± "
-             "sample std (ddof=1) over folds, and `pooled` scores every fold's test utterances as one set (its "
+             "sample std (ddof=1) over folds, `m ± s (N seeds)` over the training seeds of repeated runs, and "
+             "`pooled` scores every fold's test utterances as one set (its "
              f"interval resamples speakers; {UTTERANCE_MARK}: decisions, where a fold's could not be read back). "
              "Definitions: docs/metrics.md.", ""]
     if not rows:
@@ -507,6 +607,7 @@ def render(rows: list[Row], title: str, exp_root: Path, out_dir: Path, n_files: 
                 lines.append(_generic_table(rs))
             if any(r.collapsed for r in rs):
                 lines += ["", COLLAPSED_NOTE]
+            lines += seeds_table(rs)
             lines += _kcurve_sections(rs, out_dir)
             lines += ["", "Protocols:", ""]
             listed = set()
@@ -655,6 +756,11 @@ def write_report(exp_root, out_md, title: str = "sertk results", zoo: str | Path
     if compare:
         from sertk.eval.compare import comparison_section, load_compare_config
         section = comparison_section(load_compare_config(compare), exp_root, data, conf)
+        if section:
+            text = text.rstrip("\n") + "\n\n" + section
+    if data is not None and Path(data).is_dir():  # what each test set can tell (sertk.eval.power)
+        from sertk.eval.power import mdd_section
+        section = mdd_section(exp_root, data, conf)
         if section:
             text = text.rstrip("\n") + "\n\n" + section
     curves = learning_curve_section(exp_root, out_md.resolve().parent)

@@ -5,13 +5,17 @@ A figure is only comparable with another computed under the same protocol
 record carries that protocol and an id derived from it; the stage-11 report
 prints the id beside each figure and aggregates folds by it. A record also
 names the CPU thread count it was computed with (``threads``): figures of
-another count can differ in the last digits (sertk.common.threads).
+another count can differ in the last digits (sertk.common.threads), and the
+training seed of the model it scores (``seed``, set by the runner through
+:func:`run_seed`): results of several seeds of one protocol are aggregated
+over seeds by the report and paired seed by seed by ``sertk compare``.
 """
 from __future__ import annotations
 
 import json
 import math
 import re
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,6 +30,17 @@ REQUIRED_PROTOCOL_KEYS = ("corpus", "train", "test", "scheme", "label_map")
 REQUIRED_FIELDS = ("stage", "name", "task", "protocol", "protocol_id", "metrics")
 RESULT_FILE = "results.json"
 SCHEMA_VERSION = 1
+_RUN_SEED: list[int | None] = [None]  # the seed of the run whose results are being written (run_seed)
+
+
+@contextmanager
+def run_seed(seed: int | None):
+    """Record ``seed`` in every result written inside (the runner wraps each split's run)."""
+    _RUN_SEED.append(None if seed is None else int(seed))
+    try:
+        yield
+    finally:
+        _RUN_SEED.pop()
 
 
 class ResultsError(ValueError):
@@ -107,6 +122,7 @@ def write_result(path, *, stage: int, name: str, task: str, protocol: dict, metr
         "confusion": confusion,
         "extra": extra or {},
         "threads": current_threads(),
+        **({"seed": _RUN_SEED[-1]} if _RUN_SEED[-1] is not None else {}),
         **({"stand_ins": stand_ins.applied()} if stand_ins.applied() else {}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sertk_version": sertk.__version__,

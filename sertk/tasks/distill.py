@@ -323,14 +323,34 @@ def evaluate(cfg: dict, split: Split, ctx: TaskContext) -> list[Path]:
                  "teacher": info["teacher"], "scored_model": "onnx int8", "profile": profile, **extra,
                  "collapsed": bool(info.get("collapsed"))}
         written.append(_write_test_result(ctx, split, test, utts, int8, metrics, extra))
+        _write_float_result(ctx, split, test, utts, fp32, gold, extra)
     return written
+
+
+FLOAT_RESULT = Path("fp32") / "float.json"  # under eval/<test>/: outside the report's results.json tree
+
+
+def _avd_lines(utts: list[str], out: np.ndarray) -> str:
+    return "".join(f"{u} {' '.join(f'{v:.5f}' for v in row)}\n" for u, row in zip(utts, out))
+
+
+def _write_float_result(ctx: TaskContext, split: Split, test: str, utts: list[str], fp32: np.ndarray,
+                        gold: np.ndarray, extra: dict) -> Path:
+    """The float ONNX model's predictions and CCC beside the int8 result, so that ``sertk compare`` can test
+    int8 against float on the same utterances (the report's tables show the int8 model, as deployed)."""
+    path = ctx.expdir / "eval" / test / FLOAT_RESULT
+    write_text_atomic(path.parent / "predictions.txt", _avd_lines(utts, fp32))
+    write_result(path, stage=ctx.stage, name=f"{ctx.name}_fp32", task="regression",
+                 protocol=split.record(test, ctx.data), metrics=regression_metrics(fp32, gold, NAMES),
+                 extra={k: v for k, v in extra.items() if k not in ("profile", "fp32_ccc", "fp32_ccc_teacher")}
+                 | {"scored_model": "onnx fp32"})
+    return path
 
 
 def _write_test_result(ctx: TaskContext, split: Split, test: str, utts: list[str], int8: np.ndarray, metrics: dict,
                        extra: dict) -> Path:
     outdir = ctx.expdir / "eval" / test
-    write_text_atomic(outdir / "predictions.txt",
-                      "".join(f"{u} {' '.join(f'{v:.5f}' for v in row)}\n" for u, row in zip(utts, int8)))
+    write_text_atomic(outdir / "predictions.txt", _avd_lines(utts, int8))
     path = outdir / "results.json"
     write_result(path, stage=ctx.stage, name=ctx.name, task="regression", protocol=split.record(test, ctx.data),
                  metrics=metrics, extra=extra)

@@ -14,8 +14,10 @@ Per split the experiment dir holds ``model.yaml``, ``best.safetensors``
 ``eval/<set>/``: ``results.json`` (ICL at the largest k, arbitrary
 enrolment, predictions pooled over draws; ``extra.kcurve`` holds every
 (condition, k, method) row, which the stage-11 report renders as the k-curve
-table), ``kcurve.tsv``, ``kcurve.png``, ``draws.tsv`` (every enrolment set)
-and ``predictions.tsv`` (every method's decision for every query of every draw).
+table; ``extra.paired`` the paired test of that headline against ICL at
+k = 0 and each personal baseline, :func:`paired_vs_references`),
+``kcurve.tsv``, ``kcurve.png``, ``draws.tsv`` (every enrolment set) and
+``predictions.tsv`` (every method's decision for every query of every draw).
 
 The frozen encoder's layer is cached once per utterance under
 ``<dump>/encoder_feats`` (shared with SELM and the probes).
@@ -38,6 +40,7 @@ from sertk.data.episodes import (CONDITIONS, Episode, EpisodeSampler, diverse_po
 from sertk.eval.kcurve import markdown_table, plot_kcurve, summarise, write_tsv
 from sertk.eval.metrics import bootstrap_ci, classification_metrics, scores_from_confusion
 from sertk.eval.results import write_result
+from sertk.eval.significance import holm, paired_test
 from sertk.features.embedding_cache import encoder_features, frame_stats, frozen_encoder
 from sertk.models.encoder import SPEC_KEYS
 from sertk.models.heads import build_pooling
@@ -451,6 +454,33 @@ def headline_metrics(by_draw: dict, classes: list[str], utt2spk: dict[str, str],
     return metrics
 
 
+def paired_vs_references(decisions: dict, cond: str, k: int, classes: list[str], utt2spk: dict[str, str],
+                         n: int) -> dict | None:
+    """ICL at ``k`` minus ICL at k = 0 and minus each personal baseline at the same ``k`` (condition ``cond``),
+    in UAR on the same queries of the same enrolment draws, Holm-corrected across these rows.
+
+    Draws are pooled as the headline is: each draw's decision on a query is one item, so a query counts once
+    per draw (its correctness averaged over draws), and every method's item is the same (draw, query). The
+    resampling unit carries all of a unit's draws: speakers (the headline's, sertk's default paired test), or,
+    with fewer than MIN_SPEAKERS test speakers, queries permuted (each with all its draws; the row says its p
+    holds for these utterances only). ``n`` resamples; 0: no test (None)."""
+    if not n:
+        return None
+    flat = {m: [x for d in sorted(by_draw) for x in zip(*by_draw[d])]
+            for (c, kk, m), by_draw in decisions.items() if c == cond and kk == k}
+    icl = flat[ICL]
+    gold, queries = [classes[g] for g, _, _ in icl], [q for _, _, q in icl]
+    rows = {}
+    for ref in [ICL_K0, *BASELINE_METHODS]:
+        if [q for _, _, q in flat[ref]] != queries:
+            raise RuntimeError(f"ICL paired test: {ref} at k={k} scored other queries than ICL")
+        rows[ref] = paired_test(gold, [classes[p] for _, p, _ in icl], [classes[p] for _, p, _ in flat[ref]], "uar",
+                                [utt2spk[q] for q in queries], n=n, units=queries)
+    for ref, adj in zip(rows, holm([r["p"] for r in rows.values()])):
+        rows[ref]["p_holm"] = adj
+    return {"method": ICL, "k": k, "condition": cond, "metric": "uar", "vs": rows}
+
+
 def _evaluate_test(env: _Env, cfg: dict, model: ICLSpeechLM, base: PersonalBaselines, info: dict,
                    test: str) -> Path:
     ev = cfg.get("eval") or {}
@@ -516,8 +546,11 @@ def _evaluate_test(env: _Env, cfg: dict, model: ICLSpeechLM, base: PersonalBasel
     head_k = max(k for (c, k, m) in decisions if c == conditions[0] and m == ICL)
     metrics = headline_metrics(decisions[(conditions[0], head_k, ICL)], classes, dd.utt2spk,
                                ev.get("ci_unit", "speaker"), int(ev.get("bootstrap", 1000)))
+    paired = paired_vs_references(decisions, conditions[0], head_k, classes, dd.utt2spk,
+                                  int(ev.get("bootstrap", 1000)))
     extra = {"fold": env.split.fold, "model_dir": str(env.ctx.expdir), "headline": {
                  "method": ICL, "k": head_k, "condition": conditions[0], "pooled_over_draws": draws},
+             "paired": paired,
              "speakers": len(speakers), "draws": draws, "k": ks, "conditions": conditions,
              "kcurve": rows, "kcurve_png": str(png), "baselines": info.get("baselines"),
              "best_dev": info.get("best_dev"), "collapsed": bool(info.get("collapsed")), "scoring": model.scoring}

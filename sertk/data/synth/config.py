@@ -27,6 +27,10 @@ VOICE_QUALITIES = ("tension", "breathiness", "creak", "smile")
 # Per-speaker style gains exist for every cue plus the emotion's voice quality.
 STYLE_KEYS = CUES + ("voice",)
 SPLITS = ("train", "dev", "test")
+# A domain's speakers appended after the whole roster (see speakers.speaker_roster): they enlarge its dev or
+# test set while every existing speaker, and so the training sets, stay byte-identical.
+ADDED_SPEAKERS = "added_speakers"
+ADDED_SPLITS = ("dev", "test")
 GENDERS = ("female", "male")
 CHANNEL_KEYS = {"snr_db", "rt60", "band", "agc", "codec", "gain_db_sd", "noise_color"}
 TOP_KEYS = {"seed", "name", "synth_rate", "duration", "avd_reference", "emotions", "variation",
@@ -151,13 +155,19 @@ def validate_config(cfg: dict) -> dict:
             _fail(where, "domain names must be alphanumeric (they prefix speaker and utterance ids)")
         if name in (POOL, POOL_PREFIX):
             _fail(where, f"'{name}' is reserved for the pre-training pool (its folders and speaker ids)")
-        d = _mapping(d, where, {"sample_rate", "speakers", "utts_per_speaker", "expression", "channel"})
+        d = _mapping(d, where, {"sample_rate", "speakers", ADDED_SPEAKERS, "utts_per_speaker", "expression",
+                                "channel"})
         sr = _num(d, "sample_rate", where, 8000, cfg["synth_rate"])
         if int(cfg["synth_rate"]) % int(sr):
             _fail(f"{where}.sample_rate", f"{sr} must divide synth_rate {cfg['synth_rate']}")
         sp = _mapping(d.get("speakers"), f"{where}.speakers", set(SPLITS))
         for s in SPLITS:
             _num(sp, s, f"{where}.speakers", 1)
+        added = _mapping(d.get(ADDED_SPEAKERS) or {}, f"{where}.{ADDED_SPEAKERS}", set(ADDED_SPLITS))
+        for s in added:
+            if isinstance(added[s], float) and not added[s].is_integer():
+                _fail(f"{where}.{ADDED_SPEAKERS}.{s}", f"expected a whole number of speakers, got {added[s]}")
+            _num(added, s, f"{where}.{ADDED_SPEAKERS}", 0)
         _utts_per_speaker(d, where, len(emotions))
         _num(d, "expression", where, 0.0, 3.0)
         ch = _mapping(d.get("channel"), f"{where}.channel", CHANNEL_KEYS)

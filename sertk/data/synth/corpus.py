@@ -103,7 +103,7 @@ def speaker_specs(cfg: dict, sentences: list[list[str]], profile: SpeakerProfile
 
 
 def plan_corpus(cfg: dict) -> list[UttSpec]:
-    """Every evaluation utterance, in a fixed order (domain, split, speaker, number)."""
+    """Every evaluation utterance, in a fixed order (domain, split, speaker, number; added speakers last)."""
     validate_config(cfg)
     seed = int(cfg["seed"])
     sentences = sentences_of(cfg)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sertk.data.synth.config import POOL_PREFIX, SPLITS, STYLE_KEYS
+from sertk.data.synth.config import ADDED_SPEAKERS, POOL_PREFIX, SPLITS, STYLE_KEYS
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,14 @@ def speaker_roster(cfg: dict) -> list[tuple[str, str, str, str]]:
     """(speaker id, gender, domain, split) for every speaker, genders alternating.
 
     Speaker numbers run across domains, so no person is in two domains or two
-    splits: ids are ``<domain>-<f|m><NN>``.
+    splits: ids are ``<domain>-<f|m><NN>``. A domain's ``added_speakers`` come
+    after every domain's ``speakers``, numbered on: the roster's first part,
+    and with it each existing speaker's random streams, stays as it was.
     """
     number = {"f": 0, "m": 0}
-    return [(spk, gender, domain, split) for domain, d in cfg["domains"].items() for split in SPLITS
-            for spk, gender in _numbered(domain, int(d["speakers"][split]), number)]
+    return [(spk, gender, domain, split) for key in ("speakers", ADDED_SPEAKERS)
+            for domain, d in cfg["domains"].items() for split in SPLITS
+            for spk, gender in _numbered(domain, int((d.get(key) or {}).get(split, 0)), number)]
 
 
 def pool_roster(speakers: int) -> list[tuple[str, str]]:
