@@ -44,19 +44,15 @@ def test_seeds_train_apart_and_the_report_aggregates_them(recipe):  # noqa: F811
     assert len(digests) == 3
     weights = {(recipe / "exp" / "p" / f"seed{s}" / "best.safetensors").read_bytes() for s in (0, 1, 2)}
     assert len(weights) == 3
-    # seed 1 alone (the config's seeds: key) reproduces the seed-1 run of the list exactly
-    cfg1 = yaml.safe_load(cfg.read_text())
-    cfg1["seeds"] = [1]
-    (recipe / "c1.yaml").write_text(yaml.safe_dump(cfg1))
-    assert _run(recipe, recipe / "one", recipe / "c1.yaml").returncode == 0
-    alone = _results(recipe / "one")["p/seed1/eval/test/results.json"]["metrics"]
-    assert alone["uar"] == res["p/seed1/eval/test/results.json"]["metrics"]["uar"]
-
-    # seeds run at once (--split-jobs: one process per split and seed) give the serial figures
-    r = _run(recipe, recipe / "par", cfg, "--seeds", "0,2", "--split-jobs", "2")
-    assert r.returncode == 0 and "[p/seed0] " in r.stderr and "[p/seed2] " in r.stderr, r.stderr[-3000:]
+    # the config's seeds: key, seeds run at once (--split-jobs: one process per split and seed): seeds 1 and
+    # 2 alone give exactly the figures of their runs in the list
+    cfg12 = yaml.safe_load(cfg.read_text())
+    cfg12["seeds"] = [1, 2]
+    (recipe / "c12.yaml").write_text(yaml.safe_dump(cfg12))
+    r = _run(recipe, recipe / "par", recipe / "c12.yaml", "--split-jobs", "2")
+    assert r.returncode == 0 and "[p/seed1] " in r.stderr and "[p/seed2] " in r.stderr, r.stderr[-3000:]
     par = _results(recipe / "par")
-    assert set(par) == {"p/seed0/eval/test/results.json", "p/seed2/eval/test/results.json"}
+    assert set(par) == {"p/seed1/eval/test/results.json", "p/seed2/eval/test/results.json"}
     assert all(par[k]["metrics"] == res[k]["metrics"] and par[k]["seed"] == res[k]["seed"] for k in par)
 
     rows = build_rows(read_results(recipe / "exp"))
@@ -100,3 +96,15 @@ def test_two_results_of_one_seed_are_refused(tmp_path):
                          protocol=proto, metrics={"uar": 0.5, "n": 4})
     with pytest.raises(ValueError, match="two results of seed 0"):
         build_rows(read_results(tmp_path))
+
+
+def test_the_config_check_knows_the_seeds_key():
+    from sertk.tasks import check_config
+    selm = yaml.safe_load((Path(__file__).resolve().parent.parent / "egs/mini_emo/conf/selm.yaml").read_text())
+    assert selm["seeds"] == [0, 1, 2]
+    check_config(selm, "selm.yaml")  # the runner's key: accepted, not passed to the task
+    with pytest.raises(ValueError, match=r"selm.yaml: seeds: 'a' is not a non-negative integer seed"):
+        check_config({**selm, "seeds": [0, "a"]}, "selm.yaml")
+    zs = yaml.safe_load((Path(__file__).resolve().parent.parent / "egs/mini_emo/conf/zsfuse.yaml").read_text())
+    with pytest.raises(ValueError, match="no train: block"):
+        check_config({**zs, "seeds": [0, 1]}, "zsfuse.yaml")

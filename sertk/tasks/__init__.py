@@ -57,7 +57,15 @@ def check_config(cfg: dict, where: str = "config") -> None:
     protocols = cfg.get("protocols")
     if protocols is not None and not (isinstance(protocols, list) and all(isinstance(p, str) for p in protocols)):
         raise ValueError(f"{where}: 'protocols' must be a list of protocol names")
-    task.check_config({k: v for k, v in cfg.items() if k != "protocols"}, where)
+    if cfg.get("seeds") is not None:  # the runner's key, as protocols: is (sertk.tasks.runner)
+        from sertk.tasks.runner import parse_seeds
+        try:
+            parse_seeds(cfg["seeds"], f"{where}: seeds")
+        except SystemExit as e:
+            raise ValueError(str(e)) from None
+        if not isinstance(cfg.get("train"), dict):
+            raise ValueError(f"{where}: seeds: this {cfg['task']} config has no train: block, so no seed to vary")
+    task.check_config({k: v for k, v in cfg.items() if k not in ("protocols", "seeds")}, where)
 
 
 def reject_unknown(section: dict, allowed: set[str], where: str) -> None:
