@@ -266,30 +266,31 @@ class _Set:
     pairing: str = ""
 
 
-def _same_utterances(ra: dict, pa: dict, rb: dict, pb: dict) -> None:
-    if set(pa) != set(pb):
-        only_a, only_b = sorted(set(pa) - set(pb)), sorted(set(pb) - set(pa))
+def _same_utterances(ra: dict, utts: list[str], rb: dict, pb: dict) -> None:
+    if set(utts) != set(pb):
+        only_a, only_b = sorted(set(utts) - set(pb)), sorted(set(pb) - set(utts))
         raise CompareError(f"{ra['path']} and {rb['path']} score different utterances "
                            f"({len(only_a)} only in the first, e.g. {only_a[:2]}; {len(only_b)} only in the second, "
                            f"e.g. {only_b[:2]})")
 
 
 def _paired(runs_a: dict, runs_b: dict, data: Path, conf: Path, metric: str) -> tuple:
-    """(utts, gold, speakers, A's runs, B's runs, pairing note): every pair of runs on the same utterances."""
+    """(utts, gold, speakers, A's runs, B's runs, pairing note): every pair of runs on the same utterances.
+    The gold is read once (from the first run's test set); each run's predictions are read and checked once,
+    however many pairs it is in."""
     pairs, how = seed_pairs(runs_a, runs_b)
-    ref, ref_p, a_runs, b_runs = None, None, [], []
-    for ra, rb in pairs:
-        pa, pb = _predictions(ra), _predictions(rb)
-        if ref is None:
-            ref, ref_p = ra, pa
-        for r, p in ((ra, pa), (rb, pb)):
-            _same_utterances(ref, ref_p, r, p)
-        utts, gold, a, spk = decisions(ra, data, conf, metric, pa)
-        b = [pb[u] for u in utts]
-        _check_reproduces(rb, gold, b, metric)
-        a_runs.append(a)
-        b_runs.append(b)
-    return utts, gold, spk, a_runs, b_runs, how
+    first = pairs[0][0]
+    utts, gold, _, spk = decisions(first, data, conf, metric)
+    runs: dict[str, list] = {}
+
+    def decided(r: dict) -> list:
+        if r["path"] not in runs:
+            p = _predictions(r)
+            _same_utterances(first, utts, r, p)
+            runs[r["path"]] = [p[u] for u in utts]
+            _check_reproduces(r, gold, runs[r["path"]], metric)
+        return runs[r["path"]]
+    return utts, gold, spk, [decided(ra) for ra, _ in pairs], [decided(rb) for _, rb in pairs], how
 
 
 def _label(r: dict) -> str:
@@ -414,6 +415,19 @@ def compare(systems: list[str], metric: str | None = None, test: str = "bootstra
     return rows
 
 
+def diff_text(res: dict, sign: int = 1) -> str:
+    """A paired test's difference with its interval, '+0.034 [-0.003, +0.070]' (``sign`` -1: the other way round,
+    B - A for compare's A - B), and ' (u)' marks for a p that holds for these utterances only."""
+    lo_hi = [sign * x for x in res["ci"]] if res.get("ci") else None
+    ci = f" [{min(lo_hi):+.3f}, {max(lo_hi):+.3f}]" if lo_hi else ""
+    return f"{sign * res['diff']:+.3f}{ci}"
+
+
+def utterance_mark(res: dict) -> str:
+    """' (u)' after the p of a test that permuted utterances (too few speakers): it holds for those only."""
+    return UTTERANCE_ONLY if res.get("note") else ""
+
+
 def _pairs_cell(r: dict) -> str:
     """' (3 seed pairs, sd 0.012)' after a difference averaged over several pairs of runs."""
     if r.get("pairs", 1) < 2:
@@ -426,10 +440,9 @@ def format_rows(rows: list[dict]) -> str:
     lines = ["| A | B | test set | n (spk) | metric | A | B | A - B [95% CI] | p | p (Holm) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ci = f" [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]" if r.get("ci") else ""
-        mark = UTTERANCE_ONLY if r.get("note") else ""
+        mark = utterance_mark(r)
         lines.append(f"| {r['a']} | {r['b']} | {r['test_set']} | {r['n']} ({r['speakers']}) | {r['metric']} | "
-                     f"{r['value_a']:.3f} | {r['value_b']:.3f} | {r['diff']:+.3f}{ci}{_pairs_cell(r)} | "
+                     f"{r['value_a']:.3f} | {r['value_b']:.3f} | {diff_text(r)}{_pairs_cell(r)} | "
                      f"{r['p']:.4f}{mark} | {r['p_holm']:.4f}{mark}{' *' if r['p_holm'] < 0.05 else ''} |")
     first = next((r for r in rows if not r.get("note")), rows[0] if rows else {})
     pairing = sorted({f"{r['a']} vs {r['b']}, {r['test_set']}: {r['seed_pairing']}" for r in rows
@@ -506,10 +519,9 @@ def comparison_section(cfg: dict, exp_root: str | Path, data: str | Path, conf: 
         return ""
     body = []
     for r in rows:
-        ci = f" [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]" if r.get("ci") else ""
-        mark = UTTERANCE_ONLY if r.get("note") else ""
+        mark = utterance_mark(r)
         body.append(f"| {r['name']} | {r['test_set']} | {r['n']} ({r['speakers']}) | {r['metric']} | "
-                    f"{r['value_a']:.3f} | {r['value_b']:.3f} | {-r['diff']:+.3f}{_flip(ci)}{_pairs_cell(r)} | "
+                    f"{r['value_a']:.3f} | {r['value_b']:.3f} | {diff_text(r, -1)}{_pairs_cell(r)} | "
                     f"{r['p']:.4f}{mark} | {r['p_holm']:.4f}{mark}"
                     + (" **significant**" if r["p_holm"] < 0.05 else "") + " |")
     pairing = [f"- {r['name']}, {r['test_set']}: {r['seed_pairing']}" for r in rows if r.get("seed_pairing")]
@@ -532,10 +544,3 @@ def comparison_section(cfg: dict, exp_root: str | Path, data: str | Path, conf: 
         lines += ["", *missing]
     return "\n".join(lines) + "\n"
 
-
-def _flip(ci: str) -> str:
-    """An A - B interval ' [lo, hi]' as the B - A interval ' [-hi, -lo]'."""
-    if not ci:
-        return ""
-    lo, hi = (float(x) for x in ci.strip(" []").split(","))
-    return f" [{-hi:+.3f}, {-lo:+.3f}]"

@@ -123,14 +123,27 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels:
 
 # ---------------------------------------------------------------- regression
 
+def ccc_from_moments(mx, my, vx, vy, cov, shift=0.0) -> np.ndarray:
+    """Lin's CCC from population means, variances and covariance; NaN where undefined (the denominator
+    vanishes: reference and prediction one constant). ``shift``: what was subtracted from both before the
+    moments were taken (CCC does not see it; the threshold of "vanishes" does)."""
+    den = vx + vy + (mx - my) ** 2
+    defined = den > _CCC_EPS * (1.0 + (mx + shift) ** 2 + (my + shift) ** 2)
+    return np.where(defined, 2.0 * cov / np.where(defined, den, 1.0), np.nan)
+
+
+def ccc_from_sums(n, sx, sy, sxx, syy, sxy, shift=0.0) -> np.ndarray:
+    """Lin's CCC from sums over utterances (n, x, y, x^2, y^2, xy; x prediction, y reference): what a
+    resample or a swap of whole speakers re-weights (cluster bootstrap, paired tests)."""
+    mx, my = sx / n, sy / n
+    return ccc_from_moments(mx, my, sxx / n - mx ** 2, syy / n - my ** 2, sxy / n - mx * my, shift)
+
+
 def _ccc_batched(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Lin's CCC along the last axis (population moments); NaN where undefined."""
     mx, my = x.mean(-1), y.mean(-1)
-    vx, vy = x.var(-1), y.var(-1)
     cov = ((x - mx[..., None]) * (y - my[..., None])).mean(-1)
-    den = vx + vy + (mx - my) ** 2
-    defined = den > _CCC_EPS * (1.0 + mx ** 2 + my ** 2)
-    return np.where(defined, 2.0 * cov / np.where(defined, den, 1.0), np.nan)
+    return ccc_from_moments(mx, my, x.var(-1), y.var(-1), cov)
 
 
 def _as_float_array(a, what: str) -> np.ndarray:
@@ -268,15 +281,22 @@ def _group_counts(groups: np.ndarray, n_groups: int, n_boot: int, seed: int):
         yield np.bincount(flat.ravel(), minlength=b * n_groups).reshape(b, n_groups)
 
 
-def _cluster_classification(y_true, y_pred, groups: np.ndarray, n_groups: int, name: str, n_boot: int,
-                            seed: int) -> np.ndarray:
-    """Cluster resamples from per-group confusion matrices: a resample's matrix is their weighted sum."""
-    classes = sorted({str(v) for v in y_true} | {str(v) for v in y_pred})
+def group_confusions(y_true, y_pred, groups: np.ndarray, n_groups: int, classes: Sequence[str]) -> np.ndarray:
+    """[G, K*K] flattened confusion matrix (rows: reference, in ``classes`` order) of each group's items:
+    a resample's or a swap's matrix is their weighted sum."""
     index = {c: i for i, c in enumerate(classes)}
     k = len(classes)
     pair = _encode([str(v) for v in y_true], index, "reference") * k + \
         _encode([str(v) for v in y_pred], index, "prediction")
-    per_group = np.bincount(groups * k * k + pair, minlength=n_groups * k * k).reshape(n_groups, k * k)
+    return np.bincount(groups * k * k + pair, minlength=n_groups * k * k).reshape(n_groups, k * k)
+
+
+def _cluster_classification(y_true, y_pred, groups: np.ndarray, n_groups: int, name: str, n_boot: int,
+                            seed: int) -> np.ndarray:
+    """Cluster resamples from per-group confusion matrices: a resample's matrix is their weighted sum."""
+    classes = sorted({str(v) for v in y_true} | {str(v) for v in y_pred})
+    k = len(classes)
+    per_group = group_confusions(y_true, y_pred, groups, n_groups, classes)
     stats = [scores_from_confusion((counts @ per_group).reshape(-1, k, k))[name]
              for counts in _group_counts(groups, n_groups, n_boot, seed)]
     return np.concatenate(stats)
@@ -296,12 +316,7 @@ def _cluster_ccc(y_true, y_pred, groups: np.ndarray, n_groups: int, name: str, n
                               -1) for p in parts])  # [6, G, D]
     stats = []
     for counts in _group_counts(groups, n_groups, n_boot, seed):
-        n, sx, sy, sxx, syy, sxy = np.einsum("bg,sgd->sdb", counts, sums)  # each [D, b]
-        mx, my = sx / n, sy / n
-        vx, vy, cov = sxx / n - mx ** 2, syy / n - my ** 2, sxy / n - mx * my
-        den = vx + vy + (mx - my) ** 2
-        defined = den > _CCC_EPS * (1.0 + mx ** 2 + my ** 2)
-        stats.append(_nanmean_rows(np.where(defined, 2.0 * cov / np.where(defined, den, 1.0), np.nan)))
+        stats.append(_nanmean_rows(ccc_from_sums(*np.einsum("bg,sgd->sdb", counts, sums))))  # [D, b] each
     return np.concatenate(stats)
 
 

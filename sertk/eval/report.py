@@ -406,9 +406,9 @@ def _paired_sentence(res: dict | None, a: str | None, b: str | None) -> str:
     """The headline's paired test against the best single model, as one sentence of the ablation note."""
     if not res:
         return ""
-    ci = f" [{_signed(res['ci'][0])}, {_signed(res['ci'][1])}]" if res.get("ci") else ""
-    return (f" Headline ({a}) minus best FM by dev ({b}), paired {res.get('test', 'bootstrap')} over "
-            f"{res.get('resample')}s ({res.get('speakers')} speakers): {_signed(res.get('diff'))} UAR{ci}, "
+    from sertk.eval.compare import diff_text
+    return (f" Headline ({a}) minus best FM by dev ({b}), {res.get('test', 'paired bootstrap')} over "
+            f"{res.get('resample')}s ({res.get('speakers')} speakers): {diff_text(res)} UAR, "
             f"p = {res.get('p'):.4f}"
             + (" (significant at 0.05, uncorrected)" if res.get("p", 1) < 0.05 else " (not significant)")
             + (f"; {res['note']}" if res.get("note") else "") + ".")
@@ -564,11 +564,11 @@ def _icl_paired_lines(paired: dict | None) -> list[str]:
              "queries of the same draws; p (Holm) corrected across these rows. (u): fewer test speakers than a "
              "speaker-level test needs: queries permuted (each with all its draws), p holds for these utterances only.",
              "", "| reference | ICL - reference [95% CI] | p | p (Holm) |", "|---|---|---|---|"]
+    from sertk.eval.compare import diff_text, utterance_mark
     for ref, res in paired["vs"].items():
-        ci = f" [{_signed(res['ci'][0])}, {_signed(res['ci'][1])}]" if res.get("ci") else ""
-        mark = " (u)" if res.get("note") else ""
+        mark = utterance_mark(res)
         name = f"{ref} (k=0)" if ref == "icl_k0" else f"{ref} (k={k})"
-        lines.append(f"| {name} | {_signed(res.get('diff'))}{ci} | {res.get('p', 1):.4f}{mark} | "
+        lines.append(f"| {name} | {diff_text(res)} | {res.get('p', 1):.4f}{mark} | "
                      f"{res.get('p_holm', 1):.4f}{mark}" + (" **significant**" if res.get("p_holm", 1) < 0.05 else "")
                      + " |")
     return lines
@@ -685,7 +685,8 @@ def _p_cell(metrics: dict, key: str) -> str:
     if not isinstance(p, (int, float)):
         return "–"
     res = metrics.get(key.replace("p_vs_", "paired_vs_").replace("_holm", "")) or {}
-    text = f"{p:.3f}" + (" (u)" if res.get("note") else "")
+    from sertk.eval.compare import utterance_mark
+    text = f"{p:.3f}" + utterance_mark(res)
     return f"**{text}**" if p < 0.05 else text
 
 

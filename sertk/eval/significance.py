@@ -35,13 +35,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sertk.eval.metrics import (CLASSIFICATION_BOOT_METRICS, _as_float_array, _group_counts, _nanmean_rows,
-                                scores_from_confusion)
+                                ccc_from_sums, group_confusions, scores_from_confusion)
 
 RESAMPLE_UNITS = ("speaker", "utterance")
 MIN_SPEAKERS = 5  # fewest speakers a speaker-level test runs on: 4 speakers have 35 distinct resamples
 CCC_METRICS = ("ccc", "ccc_mean")  # both: mean CCC over the dimensions of [n] or [n, D] predictions
 PAIRED_METRICS = CLASSIFICATION_BOOT_METRICS + CCC_METRICS
-_CCC_EPS = 1e-12
 
 
 def _runs(pred, gold_shape: tuple, what: str) -> list:
@@ -89,10 +88,8 @@ def _unit_sums(units: np.ndarray, values: np.ndarray) -> np.ndarray:
 def _confusion_stats(gold, runs: list, units: np.ndarray, metric: str) -> tuple[np.ndarray, Callable]:
     """Per run and unit the flattened confusion matrix [R, U, C*C], and the metric of summed matrices."""
     classes = sorted({str(x) for x in gold} | {str(x) for r in runs for x in r})
-    index, k = {c: i for i, c in enumerate(classes)}, len(classes)
-    g = np.array([index[str(x)] for x in gold]) * k
-    onehot = np.eye(k * k)
-    stats = np.stack([_unit_sums(units, onehot[g + np.array([index[str(x)] for x in r])]) for r in runs])
+    k, n_units = len(classes), int(units.max()) + 1
+    stats = np.stack([group_confusions(gold, r, units, n_units, classes) for r in runs]).astype(np.float64)
 
     def score(s: np.ndarray) -> np.ndarray:
         return np.asarray(scores_from_confusion(s.reshape(*s.shape[:-1], k, k))[metric])
@@ -115,12 +112,7 @@ def _ccc_stats(gold, runs: list, units: np.ndarray) -> tuple[np.ndarray, Callabl
     stats = np.stack([_unit_sums(units, per_utt(r)) for r in runs])
 
     def score(s: np.ndarray) -> np.ndarray:
-        n, sx, sy, sxx, syy, sxy = np.moveaxis(s.reshape(*s.shape[:-1], 6, d), -2, 0)
-        mx, my = sx / n, sy / n
-        vx, vy, cov = sxx / n - mx ** 2, syy / n - my ** 2, sxy / n - mx * my
-        den = vx + vy + (mx - my) ** 2
-        defined = den > _CCC_EPS * (1.0 + (mx + centre) ** 2 + (my + centre) ** 2)
-        c = np.where(defined, 2.0 * cov / np.where(defined, den, 1.0), np.nan)
+        c = ccc_from_sums(*np.moveaxis(s.reshape(*s.shape[:-1], 6, d), -2, 0), shift=centre)
         return _nanmean_rows(np.moveaxis(c, -1, 0))
     return stats, score
 
